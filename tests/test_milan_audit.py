@@ -1,0 +1,133 @@
+"""MILAN audits on a toy model: shared noise and per-unit PGD, result shape and diffs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from nemaudit.audit.milan import MilanAuditConfig, MilanAuditResult, audit_milan
+from nemaudit.audit.result import Metric
+from nemaudit.explain.milan.describer import CaptionerDescriber, Describer
+from nemaudit.explain.milan.exemplars import ExemplarConfig
+from tests.toys import ToyNet, ToyProbe
+
+
+class ParityDescriber:
+    """Describes a unit by its exemplars: discs (odd indices) or boxes, bright or dark.
+    Records every exemplar set it sees."""
+
+    def __init__(self) -> None:
+        self.seen = []
+
+    def describe(self, exemplars):
+        self.seen.append(exemplars)
+        images = exemplars.images()
+        out = []
+        for r in range(len(exemplars)):
+            odd = (exemplars.indices[r] % 2 == 1).float().mean() > 0.5
+            bright = images[r].mean() > 0.2
+            out.append(f"{'bright' if bright else 'dark'} {'discs' if odd else 'boxes'}")
+        return out
+
+
+def exact(cands, refs):
+    return torch.tensor([1.0 if a == b else 0.0 for a, b in zip(cands, refs)])
+
+
+CFG = MilanAuditConfig(exemplars=ExemplarConfig(k=4, batch_size=8), threshold=0.5)
+
+
+def run(corruption, describer=None, **kw):
+    return audit_milan(ToyNet(seed=1), "layer2", ToyProbe(n=24), corruption,
+                       describer=describer or ParityDescriber(), scorer=exact, config=CFG, **kw)
+
+
+def test_noise_audit_result():
+    r = run("gaussian:std=0.3,seed=1")
+    assert isinstance(r, MilanAuditResult)
+    assert r.metrics["units"] == 16 and len(r.rows) == 16
+    m = r.manipulated_rate
+    assert isinstance(m, Metric) and m.result is r and m.name == "manipulated_rate"
+    assert 0.0 <= m <= 1.0
+    assert r.f1_mean == pytest.approx(1.0 - float(m))  # exact-match scorer
+    assert isinstance(r.f1_std, Metric)
+    for row in r.rows:
+        assert set(row) >= {"unit", "clean", "corrupted", "f1", "manipulated",
+                            "clean_exemplars", "corrupted_exemplars"}
+        assert len(row["clean_exemplars"]) == 4
+    json.dumps(r.to_json())
+    lines = r.diff_lines(limit=3)
+    assert len(r.changed_units) == r.metrics["changed"]
+    if r.changed_units:
+        first = min(r.changed_units, key=lambda x: x["f1"])
+        assert repr(first["clean"]) in lines[0] and repr(first["corrupted"]) in lines[0]
+    with pytest.raises(AttributeError, match="manipulated_rate"):
+        r.no_such_metric  # noqa: B018
+
+
+def test_zero_noise_changes_nothing():
+    r = run("gaussian:std=0.0")
+    assert r.manipulated_rate == 0.0 and r.f1_mean == 1.0 and r.f1_std == 0.0
+    assert all(row["clean_exemplars"] == row["corrupted_exemplars"] for row in r.rows)
+
+
+def test_pgd_per_unit_audit_poisons_each_units_own_exemplars():
+    pytest.importorskip("torchattacks")
+    d = ParityDescriber()
+    eps = 8 / 255
+    r = audit_milan(
+        ToyNet(seed=1), "layer2", ToyProbe(n=24), f"pgd:eps={eps},steps=3", describer=d,
+        scorer=exact, config=MilanAuditConfig(exemplars=ExemplarConfig(k=4, batch_size=8),
+                                              threshold=0.5, attack_images=2, unit_chunk=2),
+        units=[0, 3, 5, 9, 12])
+    assert [row["unit"] for row in r.rows] == [0, 3, 5, 9, 12]
+    assert all(row["poisoned_images"] <= 2 for row in r.rows)
+    clean = d.seen[0]
+    probe = ToyProbe(n=24)
+    for part in d.seen[1:]:  # per-unit chunks, described from their own pixels
+        assert part.pixels is not None
+        for i in range(len(part)):
+            u = int(part.units[i])
+            row = clean.units.tolist().index(u)
+            attacked = set(clean.indices[row, :2].tolist())
+            for j, idx in enumerate(part.indices[i].tolist()):
+                delta = (part.pixels[i, j] - probe[idx].image).abs().max()
+                if idx in attacked:
+                    assert delta <= eps + 1e-6
+                else:
+                    assert delta == 0
+    assert 0.0 <= r.manipulated_rate <= 1.0
+    json.dumps(r.to_json())
+
+
+def test_pgd_with_zero_budget_changes_nothing():
+    pytest.importorskip("torchattacks")
+    r = audit_milan(ToyNet(seed=1), "layer2", ToyProbe(n=24), "pgd:eps=0,steps=2",
+                    describer=ParityDescriber(), scorer=exact, config=CFG, units=[1, 2])
+    assert r.manipulated_rate == 0.0
+    for row in r.rows:
+        assert row["clean_exemplars"] == row["corrupted_exemplars"]
+        assert row["clean_threshold"] == pytest.approx(row["corrupted_threshold"])
+
+
+def test_describer_protocol_accepts_a_custom_captioner():
+    calls = []
+
+    def captioner(images, masks):
+        calls.append((images.shape, masks.shape))
+        return "bright things" if images.mean() > 0.25 else "dark things"
+
+    d = CaptionerDescriber(captioner, rows_per_call=3)
+    assert isinstance(d, Describer) and isinstance(ParityDescriber(), Describer)
+    r = run("uniform:std=0.2", describer=d)
+    assert {row["clean"] for row in r.rows} <= {"bright things", "dark things"}
+    assert calls[0] == (torch.Size([4, 3, 32, 32]), torch.Size([4, 16, 16]))
+
+
+def test_custom_scorer_needs_a_threshold():
+    with pytest.raises(ValueError, match="threshold"):
+        audit_milan(ToyNet(), "layer2", ToyProbe(n=8), "gaussian:std=0.1",
+                    describer=ParityDescriber(), scorer=exact,
+                    config=MilanAuditConfig(exemplars=ExemplarConfig(k=2)))
