@@ -1,4 +1,4 @@
-"""The ``nemaudit`` command: dissect, train, and (later) audit from the shell."""
+"""The ``nemaudit`` command: dissect, audit, describe (MILAN) and train from the shell."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from nemaudit.errors import NemauditError
 
@@ -114,6 +115,49 @@ def cmd_train(args: argparse.Namespace) -> int:
     return int(train_main(args.rest) or 0)
 
 
+def cmd_train_milan(args: argparse.Namespace) -> int:
+    from nemaudit.explain.milan.train import main as train_main
+
+    return int(train_main(args.rest) or 0)
+
+
+def add_describe_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add the ``describe`` subcommand to an ``add_subparsers()`` object."""
+    p = sub.add_parser("describe", help="MILAN natural-language descriptions of units "
+                                        "(offline), optionally clean vs corrupted")
+    _add_model_args(p)
+    p.add_argument("--layer", action="append", required=True, help="layer name (repeatable)")
+    p.add_argument("--units", default=None, help="comma-separated unit indices (default: all)")
+    p.add_argument("--milan", default=None,
+                   help="MILAN weights (.pt with its .json next to it; default: the bundled)")
+    p.add_argument("--k", type=int, default=15, help="exemplars per unit (default 15)")
+    p.add_argument("--eta", type=float, default=0.01, help="top-η masks (default 0.01)")
+    p.add_argument("--beam-size", type=int, default=None, help="default 50")
+    p.add_argument("--lam", type=float, default=None,
+                   help="reranking weight λ in log p(d|E) − λ log p(d) (default 0.2)")
+    p.add_argument("--candidates", type=int, default=0,
+                   help="also print this many reranked beam candidates per unit")
+    p.add_argument("--corruption", action="append", default=None,
+                   help="audit the descriptions under a corruption (repeatable), e.g. "
+                        "gaussian:std=0.02 | pgd:eps=4/255,steps=10")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="F1-BERT manipulation threshold (default: calibrated for MiniLM)")
+    p.add_argument("--attack-images", type=int, default=None,
+                   help="pgd: poison each unit's first N clean exemplars (default: all k)")
+    p.add_argument("--max-units", type=int, default=None,
+                   help="pgd: attack at most this many units (evenly spaced)")
+    p.add_argument("--out", default=None, help="write the JSON result here")
+    p.add_argument("--show", type=int, default=30, help="units shown per table")
+    p.set_defaults(func=cmd_describe)
+    return p
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    from nemaudit.explain.milan.cli import cmd_describe as run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nemaudit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -142,16 +186,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write per-unit rows and metrics as JSON here")
     p.add_argument("--show", type=int, default=15, help="changed units shown")
     p.set_defaults(func=cmd_audit)
+    add_describe_parser(sub)
     p = sub.add_parser("train", help="train the bundled concept-world model "
                                      "(arguments go to python -m nemaudit.model.train)",
                        add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("train-milan", help="train the bundled offline MILAN (arguments go to "
+                                           "python -m nemaudit.explain.milan.train)",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_train_milan)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # the train commands forward every argument (options included) to their own parsers
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "rest", None) is not None:
+        args.rest = extra + list(args.rest)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except (NemauditError, KeyError, ValueError, FileNotFoundError) as e:

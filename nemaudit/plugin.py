@@ -104,6 +104,9 @@ class _Collector:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(ns.STATE_KEY, None)
+    if state is not None:
+        state.close()
     plugin = config.pluginmanager.get_plugin("nemaudit-collector")
     if plugin is not None:
         config.pluginmanager.unregister(plugin)

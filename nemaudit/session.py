@@ -11,9 +11,6 @@ Nothing here imports torch at module level: without ``--nemaudit`` a test run mu
 from __future__ import annotations
 
 import ast
-import hashlib
-import importlib
-import importlib.util
 import io
 import json
 import os
@@ -32,7 +29,9 @@ import pytest
 import nemaudit
 from nemaudit.baseline import BaselineCheck, baseline_document, baseline_path, check_baseline
 from nemaudit.errors import NemauditError, SpecError
+from nemaudit.imports import import_target
 from nemaudit.spec import (
+    MILAN_PREFIX,
     Expectation,
     ExpectationError,
     PropertyError,
@@ -42,6 +41,7 @@ from nemaudit.spec import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
+    from nemaudit.audit.milan import MilanAuditResult
     from nemaudit.audit.result import AuditResult, Metric
 
 SKIP_REASON = "nemaudit audits are off; run pytest --nemaudit"
@@ -179,7 +179,7 @@ def with_seed(spec: str, seed: int) -> str:
     return f"{kind}:{rest.strip().rstrip(',') + ',' if rest.strip() else ''}seed={seed}"
 
 
-def _literal_kwargs(args: str, spec: str) -> dict[str, Any]:
+def _literal_kwargs(args: str, spec: str, what: str) -> dict[str, Any]:
     if not args.strip():
         return {}
     try:
@@ -189,42 +189,14 @@ def _literal_kwargs(args: str, spec: str) -> dict[str, Any]:
         if None in kwargs:
             raise ValueError
     except (SyntaxError, ValueError, AssertionError):
-        raise SpecError(f"probe spec {spec!r}: arguments must be literal keywords, e.g. "
+        raise SpecError(f"{what} spec {spec!r}: arguments must be literal keywords, e.g. "
                         "python:mymodule:make_probe(n=100)") from None
     return kwargs
 
 
-def _import(target: str, spec: str) -> Any:
-    """A module by dotted name or by file path (named as nemaudit.model.load names it, so a
-    file used for both the model and the probe is imported once)."""
-    if target.endswith(".py") or "/" in target or "\\" in target:
-        path = Path(target).expanduser()
-        if not path.is_file():
-            raise SpecError(f"probe spec {spec!r}: file not found: {path}")
-        name = "_nemaudit_user_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
-        if name in sys.modules:
-            return sys.modules[name]
-        loader = importlib.util.spec_from_file_location(name, path)
-        if loader is None or loader.loader is None:
-            raise SpecError(f"probe spec {spec!r}: cannot import {path}")
-        module = importlib.util.module_from_spec(loader)
-        sys.modules[name] = module
-        try:
-            loader.loader.exec_module(module)
-        except Exception:
-            del sys.modules[name]
-            raise
-        return module
-    try:
-        return importlib.import_module(target)
-    except ModuleNotFoundError as e:
-        raise SpecError(f"probe spec {spec!r}: cannot import {target!r} ({e})") from None
-
-
-def load_python_probe(spec: str) -> Any:
-    """``python:<module or path.py>:<callable>[(key=literal, ...)]`` → the probe it returns."""
-    from nemaudit.probe.base import ProbeDataset
-
+def load_python_object(spec: str, what: str) -> Any:
+    """``python:<module or path.py>:<callable>[(key=literal, ...)]`` → what the callable
+    returns (a probe, a describer …; ``what`` names it in messages)."""
     body = spec[len("python:"):].strip()
     if ".py:" in body:
         cut = body.index(".py:") + 3
@@ -235,16 +207,23 @@ def load_python_probe(spec: str) -> Any:
         call = fname + body[len(head):]
     m = re.fullmatch(r"\s*([A-Za-z_][\w.]*)\s*(?:\((.*)\))?\s*", call, re.S)
     if not target or not m:
-        raise SpecError(f"probe spec {spec!r}: expected python:<module or path.py>:<callable>"
+        raise SpecError(f"{what} spec {spec!r}: expected python:<module or path.py>:<callable>"
                         "[(key=value, ...)]")
-    obj: Any = _import(target, spec)
+    obj: Any = import_target(target, spec, what, SpecError)
     for part in m.group(1).split("."):
         if not hasattr(obj, part):
-            raise SpecError(f"probe spec {spec!r}: {target} has no attribute {m.group(1)!r}")
+            raise SpecError(f"{what} spec {spec!r}: {target} has no attribute {m.group(1)!r}")
         obj = getattr(obj, part)
-    probe = obj(**_literal_kwargs(m.group(2) or "", spec))
+    return obj(**_literal_kwargs(m.group(2) or "", spec, what))
+
+
+def load_python_probe(spec: str) -> Any:
+    """``python:<module or path.py>:<callable>[(...)]`` → the probe it returns."""
+    from nemaudit.probe.base import ProbeDataset
+
+    probe = load_python_object(spec, "probe")
     if not isinstance(probe, ProbeDataset):
-        raise SpecError(f"probe spec {spec!r}: {m.group(1)}() returned {type(probe).__name__}, "
+        raise SpecError(f"probe spec {spec!r}: it returned {type(probe).__name__}, "
                         "expected a nemaudit.probe.ProbeDataset")
     return probe
 
@@ -309,6 +288,13 @@ def build_sweep(results: list[AuditResult]) -> dict:
     return {"x": xkind, "points": points}
 
 
+def metrics_of(result: AuditResult | MilanAuditResult) -> dict[str, Any]:
+    """The metrics expectations read: a MILAN audit's under their ``milan.`` names."""
+    if getattr(result, "method", None) == "milan":
+        return {MILAN_PREFIX + k: v for k, v in result.metrics.items()}
+    return result.metrics
+
+
 def _fmt(v: float | None) -> str:
     return "undefined" if v is None else f"{v:.4g}"
 
@@ -318,8 +304,11 @@ def audit_context(result: AuditResult, model: str | None, probe: str | None) -> 
             f"corruption {corruption_spec(result)}")
 
 
-def change_summary(result: AuditResult) -> str:
+def change_summary(result: AuditResult | MilanAuditResult) -> str:
     m = result.metrics
+    if getattr(result, "method", None) == "milan":
+        return (f"{m.get('changed', 0)}/{m.get('units', 0)} unit descriptions manipulated "
+                f"(F1-BERT ≤ {m.get('threshold', 0):.3f}; mean F1 {m.get('f1_mean', 1):.3f})")
     det = m.get("detectors") or 0
     fd = m.get("flip_rate_detectors")
     det_changed = round(fd * det) if fd is not None else 0
@@ -334,17 +323,29 @@ class ItemRun:
     """What one test item did: its audits, baseline checks and checked expectations."""
 
     item: pytest.Item
-    audits: list[tuple[AuditResult, dict]] = field(default_factory=list)
+    #: Network Dissection (AuditResult) and MILAN (MilanAuditResult) audits, in call order
+    audits: list[tuple[Any, dict]] = field(default_factory=list)
     checks: list[tuple[BaselineCheck, dict]] = field(default_factory=list)
     expectations: list[dict] = field(default_factory=list)
     #: the expectation the record reports; default: the last failing one (for hypothesis,
     #: the replay of the shrunk example), else the last one
     chosen: dict | None = None
+    #: the audit each expectation was measured on (by position; None: unknown)
+    sources: list[Any] = field(default_factory=list)
 
     def note_expectation(self, text: str, measured: float | None, bound: float | None,
-                         ok: bool) -> None:
-        self.expectations.append({"expectation": text, "measured": measured, "bound": bound,
-                                  "ok": ok})
+                         ok: bool, result: Any = None) -> dict:
+        entry = {"expectation": text, "measured": measured, "bound": bound, "ok": ok}
+        self.expectations.append(entry)
+        self.sources.append(result)
+        return entry
+
+    def source_of(self, entry: dict) -> Any:
+        """The audit an expectation was measured on, when it was noted with one."""
+        for e, r in zip(self.expectations, self.sources):
+            if e is entry:
+                return r
+        return None
 
 
 class Nemaudit:
@@ -398,7 +399,29 @@ class Nemaudit:
         except NemauditError as e:  # the message says it all: no deep traceback
             raise _shallow(e) from None
 
-    def expect(self, result: AuditResult, expectation: str) -> Metric:
+    def describe(self, model: Any = None, probe: Any = None, layer: str | None = None,
+                 corruption: Any = None, *, weights: str | None = None,
+                 normalize: Any = None, units: Sequence[int] | None = None,
+                 max_units: int | None = None, exemplars: int | None = None,
+                 f1_threshold: float | None = None, describer: Any = None
+                 ) -> MilanAuditResult:
+        """Describe ``layer``'s units with MILAN clean and under ``corruption``;
+        ``assert result.manipulated_rate <= 0.1`` shows both descriptions of every
+        manipulated unit when it fails. ``exemplars``: images per unit (MILAN: 15);
+        ``f1_threshold``: F1-BERT at or below which a description counts as manipulated
+        (default: calibrated for the offline MiniLM scorer); ``describer``: the bundled
+        MILAN by default, ``"milan:PATH"`` for other MILAN weights,
+        ``"python:module:callable(...)"`` or any object with ``describe(exemplars)``."""
+        __tracebackhide__ = True
+        try:
+            return self._state.describe(model, probe, layer, corruption, weights=weights,
+                                        normalize=normalize, units=units, max_units=max_units,
+                                        exemplars=exemplars, f1_threshold=f1_threshold,
+                                        describer=describer)
+        except NemauditError as e:
+            raise _shallow(e) from None
+
+    def expect(self, result: AuditResult | MilanAuditResult, expectation: str) -> Metric:
         """Check ``"flip_rate <= 0.05"`` (the spec-file grammar) on ``result``; the
         expectation, measured value and bound go into the reports even when it passes."""
         __tracebackhide__ = True
@@ -407,10 +430,15 @@ class Nemaudit:
         e = parse_expectation(expectation)
         if e.is_baseline:
             raise SpecError(f"{e.text!r}: use nemaudit.baseline(name, ...) for baselines")
-        ok, measured = e.evaluate(result.metrics)
+        if e.method != getattr(result, "method", "netdissect"):
+            if getattr(result, "method", None) != "milan":
+                raise SpecError(f"{e.text!r} is a MILAN metric: check it on the result of "
+                                "nemaudit.describe(...)")
+            e = parse_expectation(MILAN_PREFIX + e.text)  # bare names on a MILAN result
+        ok, measured = e.evaluate(metrics_of(result))
         run = self._state.current
         if run is not None:
-            run.note_expectation(e.text, measured, e.bound, ok)
+            run.note_expectation(e.text, measured, e.bound, ok, result)
         if not ok:
             specs = self._state.specs_of(result)
             raise AssertionError(failure_message(e, measured, result, specs.get("model"),
@@ -544,6 +572,34 @@ class NemauditState:
                 self._probes[probe] = load_probe(probe)
         return self._probes[probe]
 
+    def load_describer(self, describer: Any) -> Any:
+        """The MILAN describer for ``None`` (bundled), ``"milan:PATH"``,
+        ``"python:module:callable(...)"`` (cached), or ``describer`` itself."""
+        if describer is not None and not isinstance(describer, str):
+            return describer
+        key = ("describer", describer)
+        if key not in self._models:
+            from nemaudit.explain.milan.describer import Describer, MilanDescriber
+
+            spec = (describer or "").strip()
+            if not spec:
+                obj: Any = MilanDescriber.load(device=self.device)
+            elif spec.startswith("milan:"):
+                try:
+                    obj = MilanDescriber.load(spec[len("milan:"):], device=self.device)
+                except FileNotFoundError as e:
+                    raise SpecError(f"describer spec {spec!r}: {e}") from None
+            elif spec.startswith("python:"):
+                obj = load_python_object(spec, "describer")
+            else:
+                raise SpecError(f"describer spec {spec!r}: expected milan:PATH (MILAN weights "
+                                "with their .json) or python:<module or path.py>:<callable>")
+            if not isinstance(obj, Describer):
+                raise SpecError(f"describer spec {spec!r}: {type(obj).__name__} has no "
+                                "describe(exemplars) method")
+            self._models[key] = obj
+        return self._models[key]
+
     def audit_config(self, eta: float | None, iou_threshold: float | None) -> Any:
         from nemaudit.audit.run import AuditConfig
         from nemaudit.explain.netdissect import DissectConfig
@@ -566,16 +622,58 @@ class NemauditState:
               weights: str | None = None, normalize: Any = None,
               units: Sequence[int] | None = None, eta: float | None = None,
               iou_threshold: float | None = None, max_units: int | None = None) -> AuditResult:
-        import torch
-
         from nemaudit.audit.run import audit
-        from nemaudit.model import default_layer
 
         a = self._defaults(model=model, probe=probe, layer=layer, corruption=corruption,
                            weights=weights, normalize=normalize, units=units, eta=eta,
                            iou_threshold=iou_threshold)
+        m, p, lay, corr, key = self._resolve(a, "audit", (a["eta"], a["iou_threshold"],
+                                                          max_units))
+
+        def run() -> AuditResult:
+            cache = str(self.options.cache_dir) if self.options.cache_dir else None
+            config = self.audit_config(a["eta"], a["iou_threshold"])
+            if max_units is not None:  # this call's cap wins over --nemaudit-max-units
+                config.max_units = max_units
+            return audit(m, lay, p, corr, config, device=self.device, cache_dir=cache,
+                         units=a["units"])
+
+        return self._cached(key, run, a, lay)
+
+    def describe(self, model: Any, probe: Any, layer: str | None, corruption: Any, *,
+                 weights: str | None = None, normalize: Any = None,
+                 units: Sequence[int] | None = None, max_units: int | None = None,
+                 exemplars: int | None = None, f1_threshold: float | None = None,
+                 describer: Any = None) -> MilanAuditResult:
+        from nemaudit.audit.milan import MilanAuditConfig, audit_milan
+        from nemaudit.explain.milan.exemplars import ExemplarConfig
+
+        a = self._defaults(model=model, probe=probe, layer=layer, corruption=corruption,
+                           weights=weights, normalize=normalize, units=units,
+                           describer=describer)
+        cap = max_units if max_units is not None else self.options.max_units
+        d = a["describer"]
+        dkey = d if d is None or isinstance(d, str) else ("obj", id(d))
+        m, p, lay, corr, key = self._resolve(a, "describe", (cap, exemplars, f1_threshold,
+                                                             dkey))
+        desc = self.load_describer(d)
+
+        def run() -> MilanAuditResult:
+            ex = ExemplarConfig(batch_size=self.options.batch_size,
+                                **({} if exemplars is None else {"k": int(exemplars)}))
+            config = MilanAuditConfig(exemplars=ex, threshold=f1_threshold, max_units=cap)
+            return audit_milan(m, lay, p, corr, describer=desc, config=config,
+                               device=self.device, units=a["units"])
+
+        return self._cached(key, run, a, lay)
+
+    def _resolve(self, a: dict[str, Any], what: str, settings: tuple
+                 ) -> tuple[Any, Any, str, Any, tuple | None]:
+        """Model, probe, layer, seeded corruption and the in-memory cache key of a call."""
+        from nemaudit.model import default_layer
+
         if a["corruption"] is None:
-            raise SpecError("audit() needs corruption=..., e.g. 'gaussian:std=0.02'")
+            raise SpecError(f"{what}() needs corruption=..., e.g. 'gaussian:std=0.02'")
         m = self.load_model(a["model"], a["weights"], a["normalize"])
         p = self.load_probe(a["probe"])
         lay = a["layer"] or default_layer(m)
@@ -587,30 +685,48 @@ class NemauditState:
             ckey = ("obj", type(corr).__name__, corr.spec())
         key = None
         if isinstance(a["model"], str) and isinstance(a["probe"], str):
-            key = (a["model"], str(a["weights"]), str(a["normalize"]), a["probe"], lay, ckey,
-                   None if a["units"] is None else tuple(a["units"]), a["eta"],
-                   a["iou_threshold"], max_units)
+            key = (what, a["model"], str(a["weights"]), str(a["normalize"]), a["probe"], lay,
+                   ckey, None if a["units"] is None else tuple(a["units"]), settings)
+        return m, p, lay, corr, key
+
+    def _cached(self, key: tuple | None, run: Any, a: dict[str, Any], layer: str) -> Any:
+        """``run()``'s result, from the per-process cache when the same call ran before;
+        recorded on the current item either way."""
+        import torch
+
+        from nemaudit.audit.result import COMPARISON_HOOKS
+
+        if self._on_comparison not in COMPARISON_HOOKS:
+            COMPARISON_HOOKS.append(self._on_comparison)
         result = self._results.get(key) if key is not None else None
         if result is not None:
             self._results.move_to_end(key)
         else:
             torch.manual_seed(self.options.seed)
-            cache = str(self.options.cache_dir) if self.options.cache_dir else None
-            config = self.audit_config(a["eta"], a["iou_threshold"])
-            if max_units is not None:  # this call's cap wins over --nemaudit-max-units
-                config.max_units = max_units
-            result = audit(m, lay, p, corr, config,
-                           device=self.device, cache_dir=cache, units=a["units"])
+            result = run()
             if key is not None:
                 self._results[key] = result
                 while len(self._results) > RESULT_CACHE:
                     self._results.popitem(last=False)
-        specs = {"model": _label(a["model"]), "probe": _label(a["probe"]), "layer": lay,
+        specs = {"model": _label(a["model"]), "probe": _label(a["probe"]), "layer": layer,
                  "weights": a["weights"]}
         result.meta["specs"] = specs  # provenance for messages and the JSON payload
         if self.current is not None:
             self.current.audits.append((result, specs))
         return result
+
+    def _on_comparison(self, metric: Metric, op: str, bound: float, holds: bool) -> None:
+        """A plain ``assert result.flip_rate <= 0.05`` in a test: record it as the test's
+        expectation, measured value and bound, whether it holds or not."""
+        if self.current is not None and metric.result is not None:
+            self.current.note_expectation(f"{metric.name or 'metric'} {op} {bound:g}",
+                                          float(metric), bound, holds, metric.result)
+
+    def close(self) -> None:
+        """End of the pytest session: stop listening to Metric comparisons."""
+        mod = sys.modules.get("nemaudit.audit.result")
+        if mod is not None and self._on_comparison in mod.COMPARISON_HOOKS:
+            mod.COMPARISON_HOOKS.remove(self._on_comparison)
 
     def specs_of(self, result: AuditResult) -> dict:
         return result.meta.get("specs", {})
@@ -682,6 +798,11 @@ class NemauditState:
             resolve_layer(model, item.layer)
         except NemauditError as e:
             raise fail("layers", e) from None
+        if "milan" in p.methods:
+            try:
+                self.load_describer(p.describer)
+            except loading as e:
+                raise fail("describer", e) from None
         if p.corruption is not None:
             try:
                 parse_corruption(p.corruption)  # errors quote the spec as the user wrote it
@@ -708,25 +829,36 @@ class NemauditState:
             if not check.ok:
                 raise PropertyFailed(check.message())
             return
-        result = self.audit(p.model, p.probe, item.layer, p.corruption, weights=p.weights,
-                            normalize=p.normalize, units=p.units, eta=p.eta,
-                            iou_threshold=p.iou_threshold)
+        results: dict[str, Any] = {}
+        if "netdissect" in p.methods:
+            results["netdissect"] = self.audit(
+                p.model, p.probe, item.layer, p.corruption, weights=p.weights,
+                normalize=p.normalize, units=p.units, eta=p.eta,
+                iou_threshold=p.iou_threshold, max_units=p.max_units)
+        if "milan" in p.methods:
+            results["milan"] = self.describe(
+                p.model, p.probe, item.layer, p.corruption, weights=p.weights,
+                normalize=p.normalize, units=p.units, max_units=p.max_units,
+                exemplars=p.exemplars, f1_threshold=p.f1_threshold, describer=p.describer)
+        metrics: dict[str, Any] = {}
+        for r in results.values():
+            metrics.update(metrics_of(r))
         failed = []
         for e in p.expect:
             try:
-                ok, measured = e.evaluate(result.metrics)
+                ok, measured = e.evaluate(metrics)
             except ExpectationError as err:
                 raise PropertyError(str(err), file=p.file, prop=p.name, field="expect") from None
             if self.current is not None:
-                self.current.note_expectation(e.text, measured, e.bound, ok)
+                entry = self.current.note_expectation(e.text, measured, e.bound, ok,
+                                                      results[e.method])
+                if not ok and self.current.chosen is None:
+                    self.current.chosen = entry  # the first failing one is the verdict
             if not ok:
                 failed.append((e, measured))
-        if failed and self.current is not None:
-            e, v = failed[0]
-            self.current.chosen = {"expectation": e.text, "measured": v, "bound": e.bound,
-                                   "ok": False}
         if failed:
-            msgs = [failure_message(e, v, result, p.model, p.probe) for e, v in failed[:1]]
+            msgs = [failure_message(e, v, results[e.method], p.model, p.probe)
+                    for e, v in failed[:1]]
             msgs += [f"also: {e.subject} {e.op} {e.bound:g} does not hold: measured {_fmt(v)}"
                      for e, v in failed[1:]]
             raise PropertyFailed("\n".join(msgs))
@@ -783,20 +915,34 @@ class NemauditState:
         return _jsonable(rec)
 
     def _fill_from_run(self, rec: dict, run: ItemRun) -> None:
+        source = None
         if run.expectations:
             failing = [x for x in run.expectations if not x["ok"]]
             chosen = run.chosen or (failing or run.expectations)[-1]
             rec.update(expectation=chosen["expectation"], measured=chosen["measured"],
                        bound=chosen["bound"])
+            source = run.source_of(chosen)
             if len(run.expectations) > 1:
                 rec["expectations"] = run.expectations[-50:]
-        if run.audits:
-            result, specs = run.audits[-1]
+        nd = [(r, s) for r, s in run.audits if getattr(r, "method", None) != "milan"]
+        milan = [(r, s) for r, s in run.audits if getattr(r, "method", None) == "milan"]
+        # each slot shows its last audit, or the one the reported expectation measured;
+        # the record's layer/corruption are those of the measured audit (else Network
+        # Dissection's last)
+        shown: dict[str, tuple[Any, dict]] = {}
+        for audits, slot in ((milan, "milan"), (nd, "audit")):
+            if audits:
+                pick = next((a for a in audits if a[0] is source), audits[-1])
+                shown[slot] = pick
+                rec[slot] = self._payload(pick[0])
+        main = next((a for a in shown.values() if a[0] is source), None) \
+            or shown.get("audit") or shown.get("milan")
+        if main is not None:
+            result, specs = main
             rec.update(layer=result.layer, model=specs.get("model"), probe=specs.get("probe"),
                        corruption=dict(result.corruption))
-            rec["audit"] = self._payload(result)
-            if len(run.audits) > 1:
-                rec["sweep"] = build_sweep([r for r, _ in run.audits[-200:]])
+        if len(nd) > 1:
+            rec["sweep"] = build_sweep([r for r, _ in nd[-200:]])
         if run.checks:
             check, specs = run.checks[-1]
             rec.update(layer=check.layer, model=specs.get("model"), probe=specs.get("probe"))
@@ -808,11 +954,13 @@ class NemauditState:
             if check.status in ("written", "unchanged") and rec["message"] is None:
                 rec["message"] = check.message()
 
-    def _payload(self, result: AuditResult) -> dict:
+    def _payload(self, result: AuditResult | MilanAuditResult) -> dict:
         if self.wants_pictures:
             try:
-                from nemaudit.audit.exemplars import report_payload
+                from nemaudit.audit.exemplars import milan_payload, report_payload
 
+                if getattr(result, "method", None) == "milan":
+                    return milan_payload(result, max_units=PAYLOAD_UNITS, k=PAYLOAD_IMAGES)
                 return report_payload(result, max_units=PAYLOAD_UNITS, k=PAYLOAD_IMAGES)
             except Exception as e:  # pictures must never change a verdict
                 doc = result.to_json()
@@ -868,9 +1016,9 @@ class NemauditState:
         if result is None or op not in flip:
             return None
         name = metric.name or "metric"
-        if self.current is not None:
+        if self.current is not None and op in ("==", "!="):  # the others: _on_comparison
             self.current.note_expectation(f"{name} {op} {bound:g}", float(metric), bound,
-                                          False)
+                                          False, result)
         specs = self.specs_of(result)
         max_lines, max_chars = _explanation_budget(self.config)
         lines = [f"{name} {op} {bound:g} does not hold: measured {float(metric):.4g}, "

@@ -14,7 +14,9 @@ A spec file is a list of properties that ``pytest --nemaudit`` turns into test i
     expect = "flip_rate <= 0.05"
 
 Expectations use a tiny grammar, never ``eval``: ``<metric>[<key>]... <op> <number>`` with
-``<= < >= > ==``, or the word ``unchanged_since_baseline``. Everything here is checked
+``<= < >= > ==``, or the word ``unchanged_since_baseline``. Metrics named ``milan.<name>``
+(e.g. ``milan.manipulated_rate <= 0.1``) are those of a MILAN audit; a property with such an
+expectation describes its units with MILAN clean and corrupted. Everything here is checked
 without importing torch, so a malformed file is an error even when audits are off; what
 needs torch (corruption specs, model files, layer names) is checked in the item's setup.
 """
@@ -45,6 +47,7 @@ except ModuleNotFoundError:  # pragma: no cover - py3.10
 __all__ = [
     "BASELINE",
     "METRICS",
+    "MILAN_METRICS",
     "OPS",
     "Expectation",
     "ExpectationError",
@@ -80,6 +83,21 @@ METRICS: dict[str, str] = {
     "detector_share": "[clean|corrupted][category|all]",
     "xie_table": "[clean|corrupted][C|T|S|M|P|O|All]",
 }
+#: every metric of a MILAN audit (``nemaudit.audit.milan.milan_metrics``), written with the
+#: ``milan.`` prefix in expectations; tests/test_spec.py checks it against a real audit.
+MILAN_METRICS: dict[str, str] = {
+    "units": "number",
+    "changed": "number",
+    "threshold": "number",
+    "manipulated_rate": "number",
+    "f1_mean": "number",
+    "f1_std": "number",
+    "f1_min": "number",
+    "description_change_rate": "number",
+    "exemplar_overlap_mean": "number",
+}
+MILAN_PREFIX = "milan."
+METHODS = ("netdissect", "milan")
 #: how many ``[key]`` subscripts each metric takes
 _ARITY: dict[str, tuple[int, ...]] = {
     **{m: (0,) for m, how in METRICS.items() if how == "number"},
@@ -88,6 +106,7 @@ _ARITY: dict[str, tuple[int, ...]] = {
     "per_category_flip_rate": (1,),
     "detector_share": (2,),
     "xie_table": (2,),
+    **{MILAN_PREFIX + m: (0,) for m in MILAN_METRICS},
 }
 _SIDES = ("clean", "corrupted")
 
@@ -96,7 +115,7 @@ OPS: dict[str, Callable[[float, float], bool]] = {
     "==": lambda a, b: math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12),
 }
 _OPS_TEXT = "<=, <, >=, >, =="
-_NAME_RE = re.compile(r"[A-Za-z_]\w*")
+_NAME_RE = re.compile(r"(?:[A-Za-z_]\w*\.)?[A-Za-z_]\w*")
 _KEY_RE = re.compile(r"""\[\s*(?:'([^'\]]*)'|"([^"\]]*)"|([\w-]+))\s*\]""")
 _OP_RE = re.compile(r"<=|>=|==|<|>|!=|=<|=>|=|≤|≥")
 _NUM_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?:\s*/\s*\d+\.?\d*)?")
@@ -119,6 +138,11 @@ class Expectation:
     @property
     def is_baseline(self) -> bool:
         return self.metric == BASELINE
+
+    @property
+    def method(self) -> str:
+        """The explanation method whose audit measures this: ``milan`` or ``netdissect``."""
+        return "milan" if self.metric.startswith(MILAN_PREFIX) else "netdissect"
 
     @property
     def subject(self) -> str:
@@ -181,13 +205,21 @@ def parse_expectation(text: Any) -> Expectation:
     if not m:
         raise ExpectationError(f"{s!r}: expected a metric name first, as in 'flip_rate <= 0.05'")
     metric, pos = m.group(), m.end()
-    if metric not in METRICS:
+    if metric not in _ARITY:
         import difflib
 
-        close = difflib.get_close_matches(metric, [*METRICS, BASELINE], n=1)
+        milan = [MILAN_PREFIX + k for k in MILAN_METRICS]
+        close = difflib.get_close_matches(metric, [*METRICS, *milan, BASELINE], n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ExpectationError(f"{s!r}: unknown metric {metric!r}{hint}; known metrics: "
-                               f"{', '.join(METRICS)}, or the word {BASELINE!r}")
+        if metric.startswith(MILAN_PREFIX) or "." not in metric:
+            known = (f"MILAN metrics: {', '.join(milan)}" if metric.startswith(MILAN_PREFIX)
+                     else f"known metrics: {', '.join(METRICS)}; MILAN metrics: "
+                          f"{MILAN_PREFIX}<{'|'.join(MILAN_METRICS)}>; or the word "
+                          f"{BASELINE!r}")
+            raise ExpectationError(f"{s!r}: unknown metric {metric!r}{hint}; {known}")
+        raise ExpectationError(f"{s!r}: unknown metric namespace {metric.split('.')[0]!r}"
+                               f"{hint}; metrics are plain names (Network Dissection) or "
+                               f"{MILAN_PREFIX}<name> (MILAN)")
     keys: list[str] = []
     while True:
         while pos < len(s) and s[pos].isspace():
@@ -200,7 +232,7 @@ def parse_expectation(text: Any) -> Expectation:
     if pos < len(s) and s[pos] == "[":
         raise ExpectationError(f"{s!r}: bad subscript at {s[pos:]!r}; write ['key'] or [key]")
     if len(keys) not in _ARITY[metric]:
-        shape = METRICS[metric]
+        shape = METRICS.get(metric) or MILAN_METRICS[metric[len(MILAN_PREFIX):]]
         raise ExpectationError(f"{s!r}: {metric} takes {shape} — "
                                f"{' or '.join(str(a) for a in _ARITY[metric])} subscript(s), "
                                f"got {len(keys)}")
@@ -300,9 +332,17 @@ def _check_float(lo: float, hi: float | None, lo_open: bool = False
 
 
 def _check_method(v: Any) -> str:
-    if v != "netdissect":
-        raise TypeError('"netdissect" (the only method the plugin audits so far)')
+    if v not in METHODS:
+        raise TypeError(" or ".join(f'"{m}"' for m in METHODS))
     return v
+
+
+def _check_int(lo: int) -> Callable[[Any], int]:
+    def check(v: Any) -> int:
+        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+            raise TypeError(f"an integer >= {lo}")
+        return int(v)
+    return check
 
 
 #: field → (validator, help). A validator raises TypeError("<what is allowed>").
@@ -314,7 +354,8 @@ FIELDS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "weights": (_check_str, "a local checkpoint path"),
     "normalize": (_check_str, "imagenet | none | netdissect | m,m,m/s,s,s"),
     "probe": (_check_str, "synthetic:..., broden:PATH, folder:PATH or python:module:callable"),
-    "method": (_check_method, "netdissect"),
+    "method": (_check_method, "netdissect (default) or milan: what bare metric names in "
+                              "expect mean"),
     "layers": (_check_layers, "list of layer names"),
     "layer": (_check_layers, "one layer name (or use layers = [...])"),
     "corruption": (_check_str, "a corruption spec such as gaussian:std=0.02"),
@@ -323,7 +364,15 @@ FIELDS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "eta": (_check_float(0.0, 1.0, lo_open=True), "top-η quantile"),
     "iou_threshold": (_check_float(0.0, 1.0), "IoU of a detector"),
     "tolerance": (_check_float(0.0, None), "absolute IoU change allowed by the baseline"),
+    "max_units": (_check_int(1), "per-unit attacks: attack at most this many units"),
+    "exemplars": (_check_int(1), "MILAN: exemplar images per unit (default 15)"),
+    "f1_threshold": (_check_float(0.0, 1.0), "MILAN: F1-BERT at or below which a description "
+                                             "counts as manipulated"),
+    "describer": (_check_str, "MILAN: milan:PATH (other MILAN weights) or "
+                              "python:module:callable (any Describer); default: bundled"),
 }
+#: fields that only mean something for MILAN expectations
+_MILAN_ONLY = ("exemplars", "f1_threshold", "describer")
 _DEFAULTABLE = [f for f in FIELDS if f not in ("name", "description")]
 _ALLOWED_TOP = ("defaults", "property")
 
@@ -348,11 +397,20 @@ class Property:
     iou_threshold: float | None = None
     tolerance: float = 0.01
     description: str | None = None
+    max_units: int | None = None
+    exemplars: int | None = None
+    f1_threshold: float | None = None
+    describer: str | None = None
     raw: dict = field(default_factory=dict, repr=False)
 
     @property
     def is_baseline(self) -> bool:
         return any(e.is_baseline for e in self.expect)
+
+    @property
+    def methods(self) -> set[str]:
+        """Which audits the expectations need (``netdissect``, ``milan`` or both)."""
+        return {e.method for e in self.expect if not e.is_baseline}
 
     @property
     def expectation_text(self) -> str:
@@ -398,13 +456,26 @@ def build_property(table: Any, defaults: Mapping[str, Any], index: int, file: Pa
         if req not in merged:
             raise PropertyError("is required (set it in the property or in [defaults])",
                                 file=file, prop=label, field=req)
+    method = merged.get("method", "netdissect")
     expects = []
     for text in merged["expect"]:
         try:
-            expects.append(parse_expectation(text))
-        except ExpectationError as e:
-            raise PropertyError(str(e), file=file, prop=label, field="expect") from None
+            bare = isinstance(text, str) and not text.strip().startswith(MILAN_PREFIX) \
+                and text.strip() != BASELINE
+            e = parse_expectation(text if method != "milan" or not bare
+                                  else _milan_form(text, label))
+        except ExpectationError as err:
+            raise PropertyError(str(err), file=file, prop=label, field="expect") from None
+        expects.append(e)
     baseline = any(e.is_baseline for e in expects)
+    if baseline and method == "milan":
+        raise PropertyError(f"{BASELINE!r} compares Network Dissection labels; it cannot take "
+                            'method = "milan"', file=file, prop=label, field="method")
+    milan = any(e.method == "milan" for e in expects if not e.is_baseline)
+    for f in _MILAN_ONLY:  # in [defaults] they may serve other properties
+        if f in own and not milan:
+            raise PropertyError(f"only applies to MILAN expectations ({MILAN_PREFIX}<metric>, "
+                                'or method = "milan")', file=file, prop=label, field=f)
     if baseline and len(expects) > 1:
         raise PropertyError(f"{BASELINE!r} must be the property's only expectation; put "
                             "metric expectations in another property", file=file, prop=label,
@@ -430,7 +501,21 @@ def build_property(table: Any, defaults: Mapping[str, Any], index: int, file: Pa
         method=merged.get("method", "netdissect"), weights=merged.get("weights"),
         normalize=merged.get("normalize"), units=merged.get("units"), eta=merged.get("eta"),
         iou_threshold=merged.get("iou_threshold"), tolerance=merged.get("tolerance", 0.01),
-        description=own.get("description"), raw=dict(table))
+        description=own.get("description"), max_units=merged.get("max_units"),
+        exemplars=merged.get("exemplars"), f1_threshold=merged.get("f1_threshold"),
+        describer=merged.get("describer"), raw=dict(table))
+
+
+def _milan_form(text: str, prop: str) -> str:
+    """With ``method = "milan"``: ``"manipulated_rate <= 0.1"`` →
+    ``"milan.manipulated_rate <= 0.1"`` (bare names are MILAN metrics)."""
+    m = _NAME_RE.match(text.strip())
+    if m and m.group() not in MILAN_METRICS:
+        raise ExpectationError(
+            f"{text.strip()!r}: with method = \"milan\" metric names are MILAN metrics, and "
+            f"{m.group()!r} is not one; MILAN metrics: {', '.join(MILAN_METRICS)} (Network "
+            "Dissection metrics go in a property without method = \"milan\")")
+    return MILAN_PREFIX + text.strip()
 
 
 @dataclass

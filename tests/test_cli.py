@@ -73,3 +73,22 @@ def test_nan_activations_are_reported_with_units_and_images(broden):
 def test_empty_probe_is_a_clear_error():
     with pytest.raises(ValueError, match="no images"):
         dissect(ToyNet(), "layer2", ToyProbe(0))
+
+
+@pytest.mark.parametrize("command, module", [("train", "nemaudit.model.train"),
+                                             ("train-milan", "nemaudit.explain.milan.train")])
+def test_train_commands_forward_every_argument(monkeypatch, command, module):
+    """`nemaudit train --threads 2` (the README's command) reaches the trainer's own parser."""
+    import importlib
+
+    seen = []
+    monkeypatch.setattr(importlib.import_module(module), "main",
+                        lambda argv: seen.append(argv) or 0)
+    assert main([command, "--threads", "2", "--epochs", "3"]) == 0
+    assert seen == [["--threads", "2", "--epochs", "3"]]
+
+
+def test_unknown_arguments_of_other_commands_are_errors(capsys):
+    with pytest.raises(SystemExit):
+        main(["dissect", "--layer", "layer4", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err

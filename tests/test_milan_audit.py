@@ -62,7 +62,7 @@ def test_noise_audit_result():
     assert len(r.changed_units) == r.metrics["changed"]
     if r.changed_units:
         first = min(r.changed_units, key=lambda x: x["f1"])
-        assert repr(first["clean"]) in lines[0] and repr(first["corrupted"]) in lines[0]
+        assert f'“{first["clean"]}” → “{first["corrupted"]}”' in lines[0]
     with pytest.raises(AttributeError, match="manipulated_rate"):
         r.no_such_metric  # noqa: B018
 

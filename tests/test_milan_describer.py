@@ -72,15 +72,10 @@ def test_offline_milan_audit_end_to_end(milan):
 
 
 def test_cli_describe(tmp_path):
-    import argparse
+    from nemaudit.cli import build_parser
 
-    from nemaudit.explain.milan.cli import add_describe_parser
-
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_describe_parser(sub)
     out = tmp_path / "d.json"
-    args = parser.parse_args(["describe", "--layer", "layer4", "--units", "0,1", "--probe",
+    args = build_parser().parse_args(["describe", "--layer", "layer4", "--units", "0,1", "--probe",
                               "synthetic:n=40,seed=0", "--k", "5", "--beam-size", "5",
                               "--candidates", "2", "--quiet", "--out", str(out)])
     assert args.func(args) == 0

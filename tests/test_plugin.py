@@ -158,8 +158,8 @@ def test_properties_pass_fail_with_per_unit_diff_and_reports(project):
     assert big["measured"] == big["audit"]["metrics"]["flip_rate"] > 0.05
     assert big["corruption"]["kind"] == "gaussian" and big["corruption"]["std"] == 0.3
     assert "units changed concept" in big["message"]
-    shot = big["audit"]["exemplars"][0]["images"][0]
-    assert shot["clean"].startswith("iVBOR") and shot["corrupted"].startswith("iVBOR")  # PNG
+    shot = big["audit"]["exemplars"][0]["images"][0]  # the JSON keeps numbers, not pictures
+    assert "clean" not in shot and shot["linf"] > 0 and isinstance(shot["index"], int)
     py = records["test_props.py::test_py_fails"]
     assert (py["expectation"], py["measured"]) == ("flip_rate <= 0.05", big["measured"])
     assert records["test_props.py::test_py_fails_reversed"]["measured"] == big["measured"]
@@ -171,6 +171,7 @@ def test_properties_pass_fail_with_per_unit_diff_and_reports(project):
     assert sweep["points"][0]["corruption"] == "gaussian:std=0.001,fraction=1.0,select=random,seed=0"
     html = (project.path / "out" / "report.html").read_text()
     assert "big noise" in html and "<html" in html.lower()
+    assert html.count('src="data:image/png;base64,iVBOR') >= 4  # exemplars, clean | corrupted
 
 
 def test_malformed_properties_are_errors_naming_file_and_field(project):
@@ -366,3 +367,116 @@ def test_xdist_same_verdicts_and_one_report(project):
         assert a[node]["audit"]["units"] == b[node]["audit"]["units"]
     assert sorted(p.name for p in project.path.glob("*.json")) == ["parallel.json",
                                                                    "serial.json"]
+
+
+MILAN_SPEC = DEFAULTS + """
+[[property]]
+name = "words under noise"
+layers = ["layer2"]
+units = [0, 1, 2, 3]
+exemplars = 4
+describer = "python:toys.py:BrightnessDescriber()"
+f1_threshold = 0.999
+corruption = "gaussian:std=0.3"
+expect = ["milan.manipulated_rate <= 0.25", "flip_rate <= 1.0"]
+
+[[property]]
+name = "bundled milan"
+method = "milan"
+layers = ["layer2"]
+units = [0, 1]
+exemplars = 4
+corruption = "gaussian:std=0.001"
+expect = "f1_mean >= 0.0"
+
+[[property]]
+name = "bad describer"
+method = "milan"
+layers = ["layer2"]
+describer = "toys.py:BrightnessDescriber"
+corruption = "gaussian:std=0.001"
+expect = "f1_mean >= 0.0"
+"""
+MILAN_PY = """
+TOY = dict(model="toys.py:ToyNet", probe="python:toys.py:ToyProbe(n=32)", normalize="none")
+
+def test_describe_fails(nemaudit):
+    r = nemaudit.describe(layer="layer2", corruption="gaussian:std=0.3", units=[0, 1, 2, 3],
+                          exemplars=4, describer="python:toys.py:BrightnessDescriber()",
+                          f1_threshold=0.999, **TOY)
+    assert r.manipulated_rate <= 0.25
+"""
+
+
+def test_milan_properties_describe_clean_and_corrupted(project):
+    """MILAN properties: the spec and the fixture form, a failing one with both descriptions
+    of each manipulated unit, the bundled MILAN end to end, a bad describer spec, reports."""
+    project.makefile(".toml", nemaudit_milan=MILAN_SPEC)
+    project.makepyfile(test_milan=MILAN_PY)
+    result = project.runpytest_inprocess("--nemaudit", "--nemaudit-json", "out/r.json",
+                                         "--nemaudit-html", "out/r.html")
+    result.assert_outcomes(passed=1, failed=2, errors=1)
+    result.stdout.fnmatch_lines([
+        "*_ nemaudit property words under noise[[]layer2[]] _*",
+        "milan.manipulated_rate <= 0.25 does not hold: measured 0.5, bound 0.25",
+        "  layer layer2 · model toys.py:ToyNet *",
+        "  2/4 unit descriptions manipulated (F1-BERT ≤ 0.999; *",
+        "    unit    *: “dark regions” → “dim regions” (F1 0.*; exemplars [[]*] → [[]*], "
+        "*/4 kept)",
+    ])
+    result.stdout.fnmatch_lines([">       assert r.manipulated_rate <= 0.25",
+                                 "E       assert manipulated_rate <= 0.25 does not hold: "
+                                 "measured 0.5, bound 0.25",
+                                 "E         *",
+                                 "E         2/4 unit descriptions manipulated*"])
+    result.stdout.fnmatch_lines(["*bad describer*field 'describer': describer spec "
+                                 "'toys.py:BrightnessDescriber': expected milan:PATH*"])
+    records = _records(project.path / "out" / "r.json")
+    words = records["nemaudit_milan.toml::words under noise[layer2]"]
+    assert words["expectation"] == "milan.manipulated_rate <= 0.25"
+    assert words["measured"] == 0.5
+    assert words["audit"]["metrics"]["units"] == 4  # the Network Dissection side ran too
+    milan = words["milan"]
+    assert milan["metrics"]["changed"] == 2 and len(milan["units"]) == 4
+    pairs = sorted((u["clean"], u["corrupted"], u["manipulated"]) for u in milan["units"])
+    assert pairs == [("dark regions", "dim regions", True)] * 2 + [
+        ("dim regions", "dim regions", False)] * 2
+    ex = milan["exemplars"][0]
+    assert len(ex["clean"]) == len(ex["corrupted"]) == 3
+    bundled = records["nemaudit_milan.toml::bundled milan[layer2]"]
+    assert bundled["outcome"] == "passed" and bundled["audit"] is None
+    assert [u["unit"] for u in bundled["milan"]["units"]] == [0, 1]
+    assert all(u["clean"] for u in bundled["milan"]["units"])  # the bundled MILAN wrote words
+    html = (project.path / "out" / "r.html").read_text()
+    assert "MILAN descriptions, clean vs corrupted" in html and "dim regions" in html
+
+
+def test_passing_plain_asserts_report_measured_and_bound(project):
+    project.makepyfile(test_ok="""
+        TOY = dict(model="toys.py:ToyNet", probe="python:toys.py:ToyProbe(n=32)",
+                   normalize="none", layer="layer2")
+
+        def test_ok(nemaudit):
+            r = nemaudit.audit(corruption="gaussian:std=0.001", **TOY)
+            assert r.flip_rate <= 0.5
+
+        def test_reversed(nemaudit):
+            r = nemaudit.audit(corruption="gaussian:std=0.001", **TOY)
+            assert 0.75 >= r.flip_rate_detectors
+
+        def test_two_audits(nemaudit):
+            strong = nemaudit.audit(corruption="gaussian:std=0.3", **TOY)
+            weak = nemaudit.audit(corruption="gaussian:std=0.001", **TOY)
+            assert strong.flip_rate >= weak.flip_rate
+        """)
+    result = project.runpytest_inprocess("--nemaudit", "--nemaudit-json", "r.json")
+    result.assert_outcomes(passed=3)
+    records = _records(project.path / "r.json")
+    ok, rev = records["test_ok.py::test_ok"], records["test_ok.py::test_reversed"]
+    assert (ok["expectation"], ok["bound"]) == ("flip_rate <= 0.5", 0.5)
+    assert ok["measured"] == ok["audit"]["metrics"]["flip_rate"]
+    assert (rev["expectation"], rev["bound"]) == ("flip_rate_detectors <= 0.75", 0.75)
+    two = records["test_ok.py::test_two_audits"]  # the record shows the audit it measured
+    assert two["expectation"].startswith("flip_rate >= ") and two["corruption"]["std"] == 0.3
+    assert two["measured"] == two["audit"]["metrics"]["flip_rate"] > two["bound"]
+    assert [p["x"] for p in two["sweep"]["points"]] == [0.3, 0.001]

@@ -101,7 +101,7 @@ def test_json_round_trip_schema_and_environment(tmp_path, records):
     path = write_json(tmp_path / "out" / "report.json", [*records, extra], {"command": "x"})
     assert sorted(p.name for p in path.parent.iterdir()) == ["report.json"]  # no temp file left
     doc = load_json(path)
-    assert doc["schema"] == SCHEMA == "nemaudit.report/1"
+    assert doc["schema"] == SCHEMA == "nemaudit.report/2"
     env = doc["environment"]
     for key in ("python", "platform", "machine", "torch", "cuda", "cuda_device", "nemaudit",
                 "git", "timestamp", "hostname"):
@@ -111,11 +111,63 @@ def test_json_round_trip_schema_and_environment(tmp_path, records):
     assert doc["summary"]["passed"] == 3 and doc["summary"]["failed"] == 1
     assert doc["summary"]["error"] == 1 and doc["summary"]["ok"] is False
     got = doc["records"]
-    assert got[0] == json.loads(json.dumps(records[0]))
+    assert doc["images"] is False
+    assert got[0] == json.loads(json.dumps(_without_pictures(records[0])))
     assert got[1]["audit"]["units"] == records[1]["audit"]["units"]
     assert got[3]["measured"] is None  # NaN is not JSON
     assert got[4]["measured"] == 0.25 and isinstance(got[4]["duration"], float)
     json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+
+
+def _without_pictures(record: dict) -> dict:
+    rec = copy.deepcopy(record)
+    for ex in (rec.get("audit") or {}).get("exemplars") or []:
+        for im in ex["images"]:
+            im.pop("clean"), im.pop("corrupted")
+    return rec
+
+
+def test_json_leaves_pictures_out_unless_asked(tmp_path, records):
+    shots = [im for ex in records[0]["audit"]["exemplars"] for im in ex["images"]]
+    assert shots and all(im["clean"].startswith("iVBOR") for im in shots)
+    before = copy.deepcopy(records)
+    lean = load_json(write_json(tmp_path / "lean.json", records))
+    full = load_json(write_json(tmp_path / "full.json", records, include_images=True))
+    assert records == before  # the HTML report still gets its pictures from these
+    assert (lean["images"], full["images"]) == (False, True)
+    text = (tmp_path / "lean.json").read_text()
+    assert "iVBOR" not in text and "base64" not in text
+    pictures = sum(len(im[k]) for r in records
+                   for ex in (r.get("audit") or {}).get("exemplars", [])
+                   for im in ex["images"] for k in ("clean", "corrupted"))
+    saved = (tmp_path / "full.json").stat().st_size - (tmp_path / "lean.json").stat().st_size
+    assert saved >= pictures > 0
+    for got, want in zip(lean["records"][0]["audit"]["exemplars"],
+                         records[0]["audit"]["exemplars"]):
+        assert set(got) == set(want) and got["unit"] == want["unit"]
+        assert len(got["images"]) == len(want["images"])
+        for g, w in zip(got["images"], want["images"]):
+            assert set(g) == {"index", "clean_max", "corrupted_max", "linf"}
+            assert g["index"] == w["index"] and g["linf"] == pytest.approx(w["linf"])
+    assert full["records"][0]["audit"]["exemplars"] == json.loads(
+        json.dumps(records[0]["audit"]["exemplars"]))
+    # MILAN exemplars keep their pictures as {"index", "png", "max"} strips
+    milan = {"name": "m", "outcome": "passed", "audit": {"method": "milan", "exemplars": [
+        {"unit": 3, "clean": [{"index": 1, "png": shots[0]["clean"], "max": 2.0}],
+         "corrupted": [{"index": 4, "png": shots[0]["corrupted"], "max": 1.5}]}]}}
+    (ex,) = load_json(write_json(tmp_path / "m.json", [milan]))["records"][0]["audit"][
+        "exemplars"]
+    assert ex == {"unit": 3, "clean": [{"index": 1, "max": 2.0}],
+                  "corrupted": [{"index": 4, "max": 1.5}]}
+    # a lean report renders as HTML without broken pictures
+    page = html_report.render_html(lean["records"], SESSION)
+    assert "data:image/png;base64,\"" not in page and 'src="data:image/png;base64,"' not in page
+
+
+def test_load_json_reads_version_1(tmp_path):
+    p = tmp_path / "old.json"
+    p.write_text(json.dumps({"schema": "nemaudit.report/1", "records": []}))
+    assert load_json(p)["schema"] == "nemaudit.report/1"
 
 
 def test_load_json_rejects_foreign_files(tmp_path):
@@ -244,20 +296,26 @@ def test_xie_rows_fall_back_to_full_category_names():
 # --------------------------------------------------------------------------- terminal
 
 
-def _text(renderable) -> str:
-    console = Console(record=True, width=200, color_system=None)
+def _text(renderable, width: int = 200) -> str:
+    console = Console(record=True, width=width, color_system=None)
     console.print(renderable)
     return console.export_text()
 
 
 def test_session_summary_renders_values(records):
-    text = _text(session_summary([*records, dict(records[0], name="[bold]x[/bold]")]))
-    for name in ("test_noise", "test_attack", "test_layers", EVIL, "[bold]x[/bold]"):
-        assert name in text
-    assert "PASSED" in text and "FAILED" in text and "ERROR" in text
-    assert f"{records[0]['measured']:.4g}" in text and "0.01" in text
-    assert "pgd eps=4/255 steps=10" in text and "1.25 s" in text
-    assert "3 passed, 1 failed, 1 error" in text
+    recs = [*records, dict(records[0], name="[bold]x[/bold]")]
+    for width in (80, 200):
+        text = _text(session_summary(recs), width)
+        for name in ("test_noise", "test_attack", "test_layers", EVIL, "[bold]x[/bold]"):
+            assert name in text
+        assert ("PASSED" in text and "FAILED" in text and "ERROR" in text) or \
+            ("PASS" in text and "FAIL" in text and "ERR " in text)
+        assert "pgd eps=4/255 steps=10" in text
+        assert "3 passed, 1 failed, 1 error" in text
+    wide = _text(session_summary(recs), 200)
+    assert f"{records[0]['measured']:.4g} ≤ 0.9" in wide and "1.25 s" in wide
+    # the failed property shows the relation that holds, not the one that was expected
+    assert f"{records[1]['measured']:.4g} > 0.01" in wide
 
 
 def test_audit_table_from_result_and_payload(noise_result, records):
@@ -276,3 +334,13 @@ def test_audit_table_from_result_and_payload(noise_result, records):
     assert "more changed unit(s)" in text or "changed units (1 of" in text
     assert "targeted success" in text and "50.0%" in text
     assert not math.isnan(noise_result.metrics["flip_rate"])
+
+
+def test_summary_table_wraps_identifiers_at_joints_and_names_a_shared_model(records):
+    one = dict(records[0], expectation="targeted_success_rate >= 0.1", name="test_a[layer4]")
+    table = html_report.summary_table([one, dict(one, nodeid="x")])
+    assert "targeted_<wbr>success_<wbr>rate &gt;= 0.1" in table  # never inside a number
+    assert "test_<wbr>a<wbr>[layer4]" in table
+    assert "<caption>model ToyNet</caption>" in table and "<th>model</th>" not in table
+    both = html_report.summary_table(records)  # ToyNet and "m": a column again
+    assert "<th>model</th>" in both and "<caption>" not in both

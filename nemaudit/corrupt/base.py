@@ -399,8 +399,14 @@ class Corruption:
 
 
 def _fmt(v: Any) -> str:
+    """Spec text for a value; a float that is k/255 to within rounding reads as ``k/255``
+    (ε and noise budgets are written that way) and parses back to the same float."""
     if isinstance(v, bool):
         return "true" if v else "false"
+    if isinstance(v, float) and 0 < v < 1:
+        k = round(v * 255)
+        if k and v == k / 255 and str(v) != str(round(v, 4)):
+            return f"{k}/255"
     return str(v)
 
 

@@ -17,11 +17,8 @@ from __future__ import annotations
 import ast
 import difflib
 import hashlib
-import importlib
-import importlib.util
 import pickle
 import re
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +27,7 @@ import torch
 from torch import nn
 
 from nemaudit.errors import ModelSpecError
+from nemaudit.imports import import_target
 from nemaudit.model.bundled import BUNDLED, DEFAULT_BUNDLED, read_meta
 from nemaudit.model.device import resolve_device
 
@@ -364,33 +362,8 @@ def _torchvision_model(name_args: str, spec: str) -> nn.Module:
 
 def _import_target(target: str, spec: str) -> Any:
     """``pkg.module`` or ``path/to/file.py`` -> module."""
-    if target.endswith(".py") or "/" in target or "\\" in target:
-        path = Path(target).expanduser()
-        if not path.is_file():
-            raise ModelSpecError(f"model spec {spec!r}: file not found: {path}")
-        mod_name = "_nemaudit_user_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
-        if mod_name in sys.modules:
-            return sys.modules[mod_name]
-        loader_spec = importlib.util.spec_from_file_location(mod_name, path)
-        if loader_spec is None or loader_spec.loader is None:
-            raise ModelSpecError(f"model spec {spec!r}: cannot import {path}")
-        module = importlib.util.module_from_spec(loader_spec)
-        sys.modules[mod_name] = module
-        try:
-            loader_spec.loader.exec_module(module)
-        except Exception as e:
-            del sys.modules[mod_name]
-            raise ModelSpecError(f"model spec {spec!r}: importing {path} raised "
-                                 f"{type(e).__name__}: {e}") from e
-        return module
-    try:
-        return importlib.import_module(target)
-    except ModuleNotFoundError as e:
-        raise ModelSpecError(f"model spec {spec!r}: cannot import module {target!r} ({e}). "
-                             f"Accepted forms: {', '.join(SPEC_FORMS)}") from e
-    except Exception as e:
-        raise ModelSpecError(f"model spec {spec!r}: importing {target!r} raised "
-                             f"{type(e).__name__}: {e}") from e
+    return import_target(target, spec, "model", ModelSpecError,
+                         hint=f". Accepted forms: {', '.join(SPEC_FORMS)}")
 
 
 def _function_model(target: str, func_args: str, spec: str) -> nn.Module:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
@@ -19,12 +20,22 @@ from typing import Any
 
 from nemaudit.report.json_report import (
     OUTCOMES,
+    SCHEMA,
     atomic_write_text,
     corruption_text,
     environment,
+    fmt_eps,
     fmt_num,
     fmt_pct,
     summarize,
+)
+from nemaudit.report.plots import (
+    X_LABELS,
+    parse_spec,
+    refine_sweep,
+    session_sweeps,
+    sweep_is_degenerate,
+    sweep_png,
 )
 
 Record = Mapping[str, Any]
@@ -39,6 +50,14 @@ def _asset(name: str) -> str:
     # one joinpath argument at a time: Traversable.joinpath(*parts) needs Python 3.11
     return resources.files("nemaudit.report").joinpath("templates").joinpath(name).read_text(
         encoding="utf-8")
+
+
+def _wbr(v: Any) -> str:
+    """Escaped text with break opportunities after ``_``, ``/``, a ``.`` that is no decimal
+    point, and before ``[``: names like ``flip_rate_detectors`` or
+    ``test_noise_sweep_layer4[0.01]`` wrap in narrow table columns at their joints instead
+    of mid-word or not at all."""
+    return re.sub(r"([_/]|\.(?!\d))", r"\1<wbr>", _e(v)).replace("[", "<wbr>[")
 
 
 def _badge(outcome: str | None) -> str:
@@ -119,25 +138,43 @@ def _measured(r: Record) -> tuple[str, str]:
     return fmt_num(r.get("measured")), fmt_num(r.get("bound"))
 
 
+def _measured_cell(r: Record) -> str:
+    m = _measured(r)[0]
+    flip = ((r.get("audit") or {}).get("metrics") or {}).get("flip_rate")
+    if r.get("measured") is None and not r.get("expectation") and flip is not None:
+        # a passing Python assert leaves no expectation behind: show what the audit measured
+        return (f'<span class="muted" title="flip rate over all units (no expectation was '
+                f'recorded)">flip {_e(fmt_pct(flip))}</span>')
+    return _e(m)
+
+
 def summary_table(records: Sequence[Record]) -> str:
-    """One row per property: outcome, expectation, measured vs bound, layer, corruption, time."""
+    """One row per property: outcome, expectation, measured vs bound, layer, corruption, time
+    (and model, when the properties do not all audit the same one)."""
+    models = {r.get("model") for r in records}
+    show_model = len(models) > 1
     rows = []
     for i, r in enumerate(records, 1):
-        m, b = _measured(r)
+        b = _measured(r)[1]
         o = r.get("outcome") if r.get("outcome") in OUTCOMES else "error"
+        model = f'<td>{_e(r.get("model") or "—")}</td>' if show_model else ""
         rows.append(
             f'<tr class="{o}"><td>{_badge(r.get("outcome"))}</td>'
-            f'<td><a href="#p{i}">{_e(r.get("name") or r.get("nodeid"))}</a></td>'
-            f'<td><code>{_e(r.get("expectation") or "—")}</code></td>'
-            f'<td class="num">{_e(m)}</td><td class="num">{_e(b)}</td>'
+            f'<td class="name"><a href="#p{i}">{_wbr(r.get("name") or r.get("nodeid"))}</a></td>'
+            f'<td><code>{_wbr(r.get("expectation") or "—")}</code></td>'
+            f'<td class="num">{_measured_cell(r)}</td><td class="num">{_e(b)}</td>'
             f'<td>{_e(r.get("layer") or "—")}</td>'
-            f'<td class="mono">{_e(corruption_text(r.get("corruption")))}</td>'
-            f'<td>{_e(r.get("model") or "—")}</td>'
+            f'<td class="mono">{_e(corruption_text(r.get("corruption")))}</td>{model}'
             f'<td class="num">{float(r.get("duration") or 0):.2f} s</td></tr>')
-    return ('<table class="summary"><thead><tr><th>outcome</th><th>property</th>'
+    caption = ""
+    if not show_model and models != {None}:
+        caption = f'<caption>model {_e(next(iter(models)))}</caption>'
+    return ('<div class="scroll-x"><table class="summary">'
+            f'{caption}<thead><tr><th>outcome</th><th>property</th>'
             '<th>expectation</th><th class="num">measured</th><th class="num">bound</th>'
-            '<th>layer</th><th>corruption</th><th>model</th><th class="num">time</th></tr>'
-            f'</thead><tbody>{"".join(rows)}</tbody></table>')
+            f'<th>layer</th><th>corruption</th>{"<th>model</th>" if show_model else ""}'
+            '<th class="num">time</th></tr>'
+            f'</thead><tbody>{"".join(rows)}</tbody></table></div>')
 
 
 # --------------------------------------------------------------------------- one property
@@ -302,14 +339,16 @@ def exemplars_html(audit: Mapping[str, Any], changed_only: bool = True) -> str:
     rows = {r["unit"]: r for r in audit.get("units") or []}
     blocks, others = [], []
     for ex in audit.get("exemplars") or []:
-        if not ex.get("images"):
+        # a lean JSON report (nemaudit.report/2) keeps the numbers but not the pictures
+        images = [im for im in ex.get("images") or [] if im.get("clean") or im.get("corrupted")]
+        if not images:
             continue
         r = rows.get(ex["unit"], {})
         title = (f'unit {int(ex["unit"])}: {_e(r.get("clean_label") or "—")} '
                  f'({fmt_num(r.get("clean_iou"), 3)}) {"→" if r.get("changed") else "="} '
                  f'{_e(r.get("corrupted_label") or "—")} ({fmt_num(r.get("corrupted_iou"), 3)})')
         pairs = []
-        for im in ex["images"]:
+        for im in images:
             pairs.append(
                 f'<div class="pair"><figure>{_img(im.get("clean"), "clean image with mask")}'
                 f'<figcaption>clean</figcaption></figure>'
@@ -342,25 +381,87 @@ def exemplars_html(audit: Mapping[str, Any], changed_only: bool = True) -> str:
     return legend + out
 
 
-def _sweep_html(sweep: Mapping[str, Any], name: str) -> str:
-    from nemaudit.report.plots import X_LABELS, sweep_png
-
+def _sweep_table(sweep: Mapping[str, Any], links: bool = False) -> str:
+    """The numbers behind a sweep plot. ``links``: the overview's form, where series names
+    already say kind and layer, and each point links to the test items it came from."""
     pts = list(sweep.get("points") or [])
-    if not pts:
-        return ""
-    rows = "".join(
-        f'<tr><td>{_e(p.get("series") or "")}</td><td>{_e(p.get("layer") or "")}</td>'
-        f'<td class="num">{_e(fmt_num(p.get("x")))}</td>'
-        f'<td class="num">{_e(fmt_pct(p.get("flip_rate")))}</td>'
-        f'<td class="num">{_e(fmt_pct(p.get("flip_rate_detectors")))}</td></tr>' for p in pts)
     xk = str(sweep.get("x", "x"))
-    table = (f'<details><summary>sweep data ({len(pts)} points)</summary>'
-             f'<table class="compact"><thead><tr><th>series</th><th>layer</th>'
-             f'<th class="num">{_e(X_LABELS.get(xk, xk))}</th><th class="num">flip rate</th>'
-             f'<th class="num">flip rate (detectors)</th></tr></thead><tbody>{rows}</tbody>'
-             f'</table></details>')
-    plot = _plot(sweep_png, sweep, None, alt=f"flip rate against {xk} for {name}")
-    return f'<h3>flip rate against {_e(X_LABELS.get(xk, xk))}</h3>{plot}{table}'
+    xcol = "" if sweep_is_degenerate(sweep) else f'<th class="num">{_e(X_LABELS.get(xk, xk))}</th>'
+    rows = []
+    for p in pts:
+        c = p.get("corruption")
+        text = corruption_text(parse_spec(c)) if isinstance(c, str) and ":" in c else (
+            corruption_text(c) if isinstance(c, Mapping) else c or "")
+        cells = [f'<td>{_e(p.get("label") or p.get("series") or "")}</td>',
+                 "" if links else f'<td>{_e(p.get("layer") or "")}</td>',
+                 f'<td class="num">{_e(_fmt_x(xk, p.get("x")))}</td>' if xcol else "",
+                 f'<td class="num">{_e(fmt_pct(p.get("flip_rate")))}</td>',
+                 f'<td class="num">{_e(fmt_pct(p.get("flip_rate_detectors")))}</td>',
+                 "" if links else f'<td class="mono">{_e(text)}</td>']
+        if links:
+            refs = p.get("records") or ([[p["record"], p.get("name")]] if p.get("record") else [])
+            cells.append("<td>" + "<br>".join(f'<a href="#p{int(i)}">{_e(n)}</a>'
+                                              for i, n in refs) + "</td>")
+        rows.append(f'<tr>{"".join(cells)}</tr>')
+    head = (f'<th>series</th>{"" if links else "<th>layer</th>"}{xcol}'
+            '<th class="num">flip rate</th><th class="num">detectors</th>'
+            f'{"<th>test items</th>" if links else "<th>corruption</th>"}')
+    return (f'<details><summary>data ({len(pts)} point{"" if len(pts) == 1 else "s"})</summary>'
+            f'<div class="scroll-x"><table class="compact"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div></details>')
+
+
+def _fmt_x(xkind: str, x: Any) -> str:
+    return fmt_eps(x) if xkind in ("eps", "linf") else fmt_num(x)
+
+
+def sweep_heading(sweep: Mapping[str, Any]) -> str:
+    """"flip rate against noise σ", or "flip rate by corruption" when x does not vary."""
+    if sweep_is_degenerate(sweep):
+        return "flip rate by corruption"
+    xk = str(sweep.get("x", "x"))
+    return f"flip rate against {X_LABELS.get(xk, xk)}"
+
+
+def _sweep_html(sweep: Mapping[str, Any], name: str) -> str:
+    """One test's own sweep (several audits in one item), on an axis that varies if any."""
+    if not sweep.get("points"):
+        return ""
+    sweep = refine_sweep(sweep)
+    heading = sweep_heading(sweep)
+    plot = _plot(sweep_png, sweep, None, alt=f"{heading} for {name}")
+    same = sweep.get("same") or {}
+    note = ""
+    if same:
+        said = {"layer": "{}", "linf": "L∞ budget ε = {}", "std": "noise σ = {}",
+                "fraction": "{} of the probe poisoned"}
+        vals = {k: fmt_pct(v, 0) if k == "fraction" else _fmt_x(k, v) for k, v in same.items()}
+        note = ('<p class="muted">every audit here: ' + " · ".join(
+            _e(said.get(k, k + " {}").format(v)) for k, v in vals.items()) + "</p>")
+    return f'<h3>{_e(heading)}</h3>{note}<div class="chart">{plot}</div>{_sweep_table(sweep)}'
+
+
+def overview_html(records: Sequence[Record]) -> str:
+    """Flip rate across the session's test items: against the layer, Gaussian σ, the L∞
+    budget and the poisoned fraction, wherever records differ in just that (see
+    :func:`nemaudit.report.plots.session_sweeps`). Empty when no axis has two values."""
+    sweeps = session_sweeps(records)
+    if not sweeps:
+        return ""
+    blocks = []
+    for sw in sweeps:
+        heading = sweep_heading(sw)
+        where = f'{sw["model"]} on {sw["probe"]}'
+        if sw.get("method") not in (None, "netdissect"):
+            where += f' ({sw["method"]})'
+        n = len({i for p in sw["points"] for i, _ in p.get("records") or [[p.get("record"), 0]]})
+        plot = _plot(sweep_png, sw, None, alt=f"{heading}, {where}")
+        blocks.append(f'<div class="ov"><div class="ov-title"><b>{_e(heading)}</b> '
+                      f'<span class="muted">{_e(where)} · {n} test items</span></div>'
+                      f'{plot}{_sweep_table(sw, links=True)}</div>')
+    return ('<h3>overview <span class="muted">flip rate across test items; solid: all units, '
+            'dashed: clean detectors</span></h3>'
+            f'<div class="overview">{"".join(blocks)}</div>')
 
 
 def property_fragment(record: Record, index: int = 1, interactive: bool = True,
@@ -411,11 +512,22 @@ def property_fragment(record: Record, index: int = 1, interactive: bool = True,
         ex = exemplars_html(audit)
         if ex:
             parts.append(f"<h3>exemplars</h3>{ex}")
+    if record.get("milan"):
+        from nemaudit.report.milan_html import milan_section
+
+        parts.append(milan_section(record["milan"], index, interactive))
     return (f'<section class="prop {outcome}" id="p{index}">{head}'
             f'<div class="body">{"".join(parts)}</div></section>')
 
 
 # --------------------------------------------------------------------------- documents
+
+
+def _overview(records: Sequence[Record]) -> str:
+    try:
+        return overview_html(records)
+    except Exception as e:  # noqa: BLE001 - the overview is a courtesy, never lose the report
+        return f'<p class="muted">overview failed: {_e(type(e).__name__)}: {_e(e)}</p>'
 
 
 def render_html(records: Iterable[Record], session: Mapping[str, Any] | None = None) -> str:
@@ -433,9 +545,9 @@ def render_html(records: Iterable[Record], session: Mapping[str, Any] | None = N
         '<link rel="icon" href="data:,">'
         f'<style>body{{margin:0;background:#fff}}\n{_asset("report.css")}</style></head>'
         f'<body class="nemaudit"><div class="page">{_header(records, session, env)}'
-        f'<h3>properties</h3>{summary_table(records)}{sections}'
+        f'<h3>properties</h3>{summary_table(records)}{_overview(records)}{sections}'
         '<p class="muted" style="margin-top:40px;font-size:12px">generated by nemaudit · '
-        'schema nemaudit.report/1</p></div>'
+        f'schema {_e(SCHEMA)}</p></div>'
         f'<script>\n{_asset("report.js")}\n</script></body></html>\n')
 
 

@@ -2,8 +2,20 @@
 
 A report is one session: a list of *property records* (plain dicts made by the pytest
 plugin or an example script, see :data:`OUTCOMES`) and the environment that produced them.
-The file is versioned (``"schema": "nemaudit.report/1"``) and carries machine and commit
+The file is versioned (``"schema": "nemaudit.report/2"``) and carries machine and commit
 info, like pytest-benchmark's saved runs, so two reports can be compared honestly later.
+
+Schema history:
+
+- ``nemaudit.report/2``: exemplar pictures are left out by default. Records carry them as
+  base64 PNGs so they cross pytest-xdist to the controller for the HTML report, but they made
+  the JSON ~6 MB. Every base64 PNG string (``audit.exemplars[].images[].clean/corrupted`` of
+  Network Dissection, ``audit.exemplars[].clean/corrupted[].png`` of MILAN) is dropped with
+  its key; the numbers about the pictures (image index, max activation, L∞) stay. A top-level
+  ``"images": false`` says so; :func:`write_json` with ``include_images=True`` keeps them
+  (``"images": true``, otherwise the /1 layout).
+- ``nemaudit.report/1``: the first layout, pictures always included. Still read by
+  :func:`load_json`.
 """
 
 from __future__ import annotations
@@ -21,7 +33,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-SCHEMA = "nemaudit.report/1"
+SCHEMA = "nemaudit.report/2"
+#: schemas :func:`load_json` reads (a /1 file is a /2 file with the pictures left in)
+READABLE_SCHEMAS = ("nemaudit.report/1", SCHEMA)
+#: every base64 PNG starts with the encoded PNG signature
+_PNG_B64 = "iVBORw0KGgo"
 #: record outcomes in the order reports list their counts
 OUTCOMES = ("passed", "failed", "error", "skipped")
 
@@ -173,18 +189,35 @@ def _jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def build_report(records: Iterable[Mapping[str, Any]], session: Mapping[str, Any] | None = None
-                 ) -> dict[str, Any]:
-    """The JSON document: schema, environment, session info, summary counts and records.
+def is_png_b64(v: Any) -> bool:
+    """True for a base64-encoded PNG picture (what the exemplar payloads carry)."""
+    return isinstance(v, str) and len(v) > 32 and v.startswith(_PNG_B64)
+
+
+def strip_images(obj: Any) -> Any:
+    """A copy of ``obj`` without its base64 PNG strings: a dict loses the key, a list the
+    item; everything else (indices, maxima, L∞ of the pictured images) is kept. The input is
+    not modified: the HTML report renders the same records with their pictures."""
+    if isinstance(obj, Mapping):
+        return {k: strip_images(v) for k, v in obj.items() if not is_png_b64(v)}
+    if isinstance(obj, (list, tuple)):
+        return [strip_images(v) for v in obj if not is_png_b64(v)]
+    return obj
+
+
+def build_report(records: Iterable[Mapping[str, Any]], session: Mapping[str, Any] | None = None,
+                 include_images: bool = False) -> dict[str, Any]:
+    """The JSON document: schema, environment, session info, summary counts and records,
+    without exemplar pictures unless ``include_images`` (see the module docstring).
 
     ``session["environment"]`` wins over a fresh :func:`environment` so a controller can
     record the environment the workers actually ran in."""
-    records = [dict(r) for r in records]
+    records = [dict(r) if include_images else strip_images(r) for r in records]
     session = dict(session or {})
     env = session.pop("environment", None) or environment()
     return _jsonable({"schema": SCHEMA, "created": env.get("timestamp") or
                       datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      "environment": env, "session": session,
+                      "environment": env, "session": session, "images": bool(include_images),
                       "summary": summarize(records), "records": records})
 
 
@@ -215,9 +248,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def write_json(path: str | os.PathLike, records: Iterable[Mapping[str, Any]],
-               session: Mapping[str, Any] | None = None) -> Path:
-    """Write the session report as JSON (atomically); returns the path."""
-    doc = build_report(records, session)
+               session: Mapping[str, Any] | None = None, include_images: bool = False) -> Path:
+    """Write the session report as JSON (atomically); returns the path. Exemplar pictures
+    stay out unless ``include_images`` (they are for the HTML report, and weigh megabytes)."""
+    doc = build_report(records, session, include_images=include_images)
     return atomic_write_text(path, json.dumps(doc, indent=1, allow_nan=False) + "\n")
 
 
@@ -227,6 +261,6 @@ def load_json(path: str | os.PathLike) -> dict[str, Any]:
     schema = doc.get("schema") if isinstance(doc, dict) else None
     if not isinstance(schema, str) or not schema.startswith("nemaudit.report/"):
         raise ValueError(f"{path}: not a nemaudit report (schema {schema!r}, expected {SCHEMA!r})")
-    if schema != SCHEMA:
+    if schema not in READABLE_SCHEMAS:
         raise ValueError(f"{path}: report schema {schema!r} is not supported (expected {SCHEMA!r})")
     return doc

@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import math
 import os
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 #: x-axis labels for the sweep kinds the plugin produces
 X_LABELS = {"sigma": "noise σ", "std": "noise σ", "eps": "ε (L∞ budget)",
-            "fraction": "poisoned fraction of the probe", "layer": "layer"}
+            "linf": "perturbation budget ε (L∞)", "fraction": "poisoned fraction of the probe",
+            "layer": "layer", "seed": "seed"}
+#: kinds whose ``eps`` (attacks) or ``std`` (noise of exactly ±std) bounds every pixel's change:
+#: both are L∞ budgets and share one axis. Gaussian σ is not a bound, so it keeps its own.
+LINF_EPS_KINDS = ("pgd", "fgsm", "pgd-ce")
+LINF_STD_KINDS = ("bernoulli", "uniform")
 #: Xie-table columns in display order, with their Broden category
 XIE_COLUMNS = {"C": "color", "T": "texture", "S": "scene", "M": "material", "P": "part",
                "O": "object", "All": "all"}
@@ -50,6 +58,232 @@ def save_png(path: str | os.PathLike, png_b64: str) -> Path:
     return path
 
 
+# --------------------------------------------------------------------------- sweeps as data
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def parse_spec(spec: str) -> dict[str, Any]:
+    """A corruption spec string (``"pgd:eps=0.0157,steps=10"``, as sweep points carry it) as a
+    describe()-like dict, without importing torch: ints, floats, ``k/255``, booleans, else text."""
+    kind, _, rest = str(spec).strip().partition(":")
+    out: dict[str, Any] = {"kind": kind.strip().lower()}
+    for field in rest.split(","):
+        key, eq, value = (x.strip() for x in field.partition("="))
+        if not (key and eq):
+            continue
+        ratio = re.fullmatch(r"(\d+(?:\.\d*)?)\s*/\s*(\d+(?:\.\d*)?)", value)
+        if value.lower() in ("true", "false"):
+            out[key] = value.lower() == "true"
+        elif re.fullmatch(r"[+-]?\d+", value):
+            out[key] = int(value)
+        elif ratio and float(ratio.group(2)):
+            out[key] = float(ratio.group(1)) / float(ratio.group(2))
+        else:
+            try:
+                out[key] = float(value)
+            except ValueError:
+                out[key] = value
+    return out
+
+
+def _as_dict(c: Any) -> dict[str, Any]:
+    if isinstance(c, Mapping):
+        return dict(c)
+    return parse_spec(c) if isinstance(c, str) and c else {}
+
+
+def _linf_key(kind: str) -> str | None:
+    return "eps" if kind in LINF_EPS_KINDS else "std" if kind in LINF_STD_KINDS else None
+
+
+def corruption_axes(corruption: Mapping[str, Any] | str | None) -> dict[str, float]:
+    """The quantities a corruption can be swept along: ``linf`` (its L∞ budget: ``eps`` of an
+    attack, ``std`` of ±std Bernoulli/uniform noise), ``std`` (Gaussian σ only: not a bound),
+    ``fraction`` (poisoned share of the probe) and ``seed``."""
+    c = _as_dict(corruption)
+    kind = str(c.get("kind", ""))
+    out: dict[str, float] = {}
+    key = _linf_key(kind)
+    if key and _number(c.get(key)):
+        out["linf"] = float(c[key])
+    if kind == "gaussian" and _number(c.get("std")):
+        out["std"] = float(c["std"])
+    for k in ("fraction", "seed"):
+        if _number(c.get(k)):
+            out[k] = c[k]
+    return out
+
+
+def _distinct(values: Iterable[Any]) -> list[Any]:
+    out: list[Any] = []
+    for v in values:
+        if v not in out:
+            out.append(v)
+    return out
+
+
+def sweep_is_degenerate(sweep: Mapping[str, Any]) -> bool:
+    """True when the sweep's x takes fewer than two values: a line through one x says nothing,
+    so :func:`sweep_figure` draws grouped bars instead."""
+    return len(_distinct(p.get("x") for p in sweep.get("points") or [])) < 2
+
+
+def refine_sweep(sweep: Mapping[str, Any]) -> dict[str, Any]:
+    """A per-test sweep on an axis that varies. ``session.build_sweep`` takes the first of std,
+    eps, fraction, seed that every audit *has*, so PGD at ε=4/255 beside Bernoulli ±4/255 lands
+    on x=fraction with one value. When x has one value, try the layer, the L∞ budget (attacks'
+    ε and ±std noise share it), Gaussian σ, the fraction and the seed; when none varies, label
+    each point by its corruption for the bar chart and note in ``same`` what the points share
+    (``{"linf": 4/255, "fraction": 1.0, "layer": "layer4"}``)."""
+    points = [dict(p) for p in sweep.get("points") or []]
+    out = dict(sweep, points=points)
+    cs = [_as_dict(p.get("corruption")) or {"kind": p.get("series")} for p in points]
+    axes = [corruption_axes(c) for c in cs]
+    xkind = str(sweep.get("x", ""))
+    if not sweep_is_degenerate(out):
+        if xkind in ("eps", "std") and points and all(
+                a.get("linf") is not None and a["linf"] == p.get("x")
+                for a, p in zip(axes, points)):
+            out["x"] = "linf"  # the same numbers, named for what they bound
+        return out
+    for axis in ("layer", "linf", "std", "fraction", "seed"):
+        vals = [p.get("layer") for p in points] if axis == "layer" else \
+            [a.get(axis) for a in axes]
+        if any(v is None for v in vals) or len(_distinct(vals)) < 2:
+            continue
+        return dict(out, x=axis, points=[dict(p, x=v) for p, v in zip(points, vals)])
+    from nemaudit.report.json_report import corruption_text
+
+    same = {}  # what the bars have in common, e.g. one L∞ budget for an attack and a noise
+    for axis in ("layer", "linf", "std", "fraction"):
+        vals = [p.get("layer") for p in points] if axis == "layer" else \
+            [a.get(axis) for a in axes]
+        if vals and vals[0] is not None and all(v == vals[0] for v in vals):
+            same[axis] = vals[0]
+    out["same"] = same
+    labels = [corruption_text(c) if c.get("kind") else str(p.get("series") or "?")
+              for p, c in zip(points, cs)]
+    if len(set(labels)) < len(labels):
+        labels = [f"{lab} · {p.get('layer')}" if p.get("layer") else lab
+                  for lab, p in zip(labels, points)]
+    if len(set(labels)) < len(labels):
+        labels = [f"{lab} #{i}" for i, lab in enumerate(labels, 1)]
+    return dict(out, points=[dict(p, label=lab) for p, lab in zip(points, labels)])
+
+
+def _freeze(d: Mapping[str, Any]) -> tuple:
+    return tuple(sorted((str(k), json.dumps(v, sort_keys=True, default=str))
+                        for k, v in d.items()))
+
+
+def _disambiguate(series: list[list]) -> None:
+    """Series whose labels read alike (``gaussian layer4`` at two fractions) get the settings
+    in which they differ appended: ``gaussian layer4 fraction=1``, ``… fraction=0.5``."""
+    from nemaudit.report.json_report import fmt_eps
+
+    for label in _distinct(s[0] for s in series):
+        alike = [s for s in series if s[0] == label]
+        if len(alike) < 2:
+            continue
+        keys = sorted({k for s in alike for k in s[1]})
+        differ = [k for k in keys if len({json.dumps(s[1].get(k), default=str)
+                                          for s in alike}) > 1]
+        for s in alike:
+            s[0] = label + "".join(f" {k}={fmt_eps(s[1].get(k))}" for k in differ)
+
+
+#: session overview axes in display order, with the record field or corruption axis behind them
+OVERVIEW_AXES = ("layer", "std", "linf", "fraction")
+
+
+def session_sweeps(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Sweeps *across* test items, for the report's overview plots. Audited records (those with
+    ``audit.metrics.flip_rate``) are grouped by (model, probe, method); within that, records
+    identical except for the layer form a layer series (one per corruption), and records
+    identical except for Gaussian σ, the L∞ budget or the poisoned fraction form a series per
+    (kind, layer). Only series with ≥ 2 distinct x values are kept. A point's ``record`` is
+    its record's 1-based position (the report's ``#p<i>`` anchor); when several records audit
+    the same configuration (a spec property and a parametrized test), the point shows the
+    first and ``records`` lists them all as ``[position, name]``."""
+    from nemaudit.report.json_report import corruption_text
+
+    entries = []
+    for i, r in enumerate(records, 1):
+        a = r.get("audit")
+        m = (a.get("metrics") if isinstance(a, Mapping) else None) or {}
+        if not _number(m.get("flip_rate")):
+            continue
+        c = {k: v for k, v in _as_dict(r.get("corruption") or a.get("corruption")).items()
+             if v is not None and k != "shared"}
+        layer = r.get("layer") or a.get("layer")
+        if not c or not layer:
+            continue
+        entries.append({"index": i, "name": str(r.get("name") or r.get("nodeid") or i),
+                        "base": (str(r.get("model") or "—"), str(r.get("probe") or "—"),
+                                 str(a.get("method") or "netdissect")),
+                        "layer": str(layer), "c": c, "axes": corruption_axes(c), "m": m})
+    layer_order: dict[str, int] = {}
+    for e in entries:
+        layer_order.setdefault(e["layer"], len(layer_order))
+    bases = _distinct(e["base"] for e in entries)
+    sweeps = []
+    for base in bases:
+        mine = [e for e in entries if e["base"] == base]
+        for axis in OVERVIEW_AXES:
+            groups: dict[tuple, list[dict]] = {}
+            for e in mine:
+                if axis == "layer":
+                    key: tuple = (_freeze(e["c"]),)
+                else:
+                    if axis not in e["axes"]:
+                        continue
+                    kind = str(e["c"].get("kind"))
+                    hidden = _linf_key(kind) if axis == "linf" else axis
+                    rest = {k: v for k, v in e["c"].items() if k != hidden}
+                    key = (kind, e["layer"], _freeze(rest))
+                groups.setdefault(key, []).append(e)
+            series = []
+            for group in groups.values():
+                xs = [e["layer"] if axis == "layer" else e["axes"][axis] for e in group]
+                if len(_distinct(xs)) < 2:
+                    continue
+                at: dict[Any, list[dict]] = {}
+                for e, x in zip(group, xs):
+                    at.setdefault(x, []).append(e)
+                pts = [(same, x) for x, same in at.items()]
+                first = group[0]
+                if axis == "layer":
+                    label, rest = corruption_text(first["c"]), dict(first["c"])
+                else:
+                    kind = str(first["c"].get("kind"))
+                    hidden = _linf_key(kind) if axis == "linf" else axis
+                    rest = {k: v for k, v in first["c"].items() if k != hidden}
+                    label = f"{kind} {first['layer']}"
+                series.append([label, rest, pts])
+            if not series:
+                continue
+            _disambiguate(series)
+            points = []
+            for label, _rest, pts in series:
+                for same, x in pts:
+                    e = same[0]
+                    points.append({"x": x, "flip_rate": e["m"].get("flip_rate"),
+                                   "flip_rate_detectors": e["m"].get("flip_rate_detectors"),
+                                   "changed": e["m"].get("changed"), "units": e["m"].get("units"),
+                                   "layer": e["layer"], "series": label,
+                                   "corruption": corruption_text(e["c"]), "record": e["index"],
+                                   "name": e["name"],
+                                   "records": [[d["index"], d["name"]] for d in same]})
+            if axis == "layer":
+                points.sort(key=lambda p: layer_order[p["x"]])
+            sweeps.append({"x": axis, "model": base[0], "probe": base[1], "method": base[2],
+                           "points": points})
+    return sweeps
+
+
 def _is_255(values: Sequence[float]) -> bool:
     return bool(values) and all(abs(v * 255 - round(v * 255)) < 1e-6 and v < 1 for v in values)
 
@@ -57,7 +291,10 @@ def _is_255(values: Sequence[float]) -> bool:
 def sweep_figure(sweep: Mapping[str, Any], title: str | None = None):
     """Flip rate against the swept quantity: one colour per series, solid over all units and
     dashed over clean detectors (all-unit flip rates are dominated by near-ties among
-    non-detectors, so both are always shown)."""
+    non-detectors, so both are always shown). A sweep whose x takes one value has no line to
+    draw: it becomes grouped bars, one group per point (see :func:`sweep_is_degenerate`)."""
+    if sweep_is_degenerate(sweep):
+        return _bars_figure(sweep, title)
     xkind = str(sweep.get("x", "x"))
     points = list(sweep.get("points") or [])
     categorical = xkind == "layer" or any(isinstance(p.get("x"), str) for p in points)
@@ -90,18 +327,70 @@ def sweep_figure(sweep: Mapping[str, Any], title: str | None = None):
                     mfc="white", label=f"{name}: detectors")
     if categorical:
         ax.set_xticks(range(len(order)), order, rotation=30 if len(order) > 5 else 0)
-    elif xkind == "eps" and _is_255(xs_all):
+        ax.set_xlim(-0.4, len(order) - 0.6)
+    elif xkind in ("eps", "linf") and _is_255(xs_all):
         ticks = sorted(set(xs_all))
         ax.set_xticks(ticks, [f"{round(t * 255)}/255" for t in ticks])
     ax.set_xlabel(X_LABELS.get(xkind, xkind))
     ax.set_ylabel("flip rate")
-    ax.set_ylim(-0.03, 1.03)
-    ax.yaxis.set_major_formatter(lambda v, _pos: f"{100 * v:.0f}%")
+    top = _y_top(points)
+    ax.set_ylim(-0.03 * top, top)
+    ax.yaxis.set_major_formatter(lambda v, _pos: f"{100 * v:.0f}%" if top > 0.2 else
+                                 f"{100 * v:.1f}%".replace(".0%", "%"))
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title, fontsize=10)
     if series:
-        ax.legend(fontsize=7, frameon=False, loc="best")
+        ax.legend(fontsize=8, frameon=False, loc="best")
+    return fig
+
+
+def _y_top(points: Sequence[Mapping[str, Any]]) -> float:
+    """The y range's top: the whole 0–100% when rates are high, else zoomed to the data with
+    headroom (flip rates under noise are often a few percent: a 0–100% axis flattens them)."""
+    vals = [float(v) for p in points for v in (p.get("flip_rate"), p.get("flip_rate_detectors"))
+            if _number(v)]
+    top = max(vals or [0.0])
+    if top > 0.6:
+        return 1.03
+    return max(0.05, math.ceil(top * 1.3 / 0.05) * 0.05)
+
+
+def _bars_figure(sweep: Mapping[str, Any], title: str | None = None):
+    """Flip rate by corruption: a group per point, a bar over all units and a hatched one over
+    clean detectors (a missing detector rate, i.e. no detectors, is marked n/a, not zero)."""
+    points = list(sweep.get("points") or [])
+    labels = [str(p.get("label") or p.get("series") or p.get("corruption") or i)
+              for i, p in enumerate(points, 1)]
+    fig = _figure(max(3.6, min(6.4, 1.4 + 1.3 * len(points))), 3.2)
+    ax = fig.add_subplot()
+    w = 0.36
+    for j, (key, name, colour, hatch) in enumerate((
+            ("flip_rate", "all units", CLEAN, None),
+            ("flip_rate_detectors", "detectors", CORRUPTED, "//"))):
+        for i, p in enumerate(points):
+            x, v = i + (j - 0.5) * w, p.get(key)
+            if v is None:
+                ax.annotate("n/a", (x, 0), ha="center", va="bottom", fontsize=7,
+                            color="#59636e")
+                continue
+            ax.bar(x, v, w, color=colour if hatch is None else "white", edgecolor=colour,
+                   hatch=hatch, label=name)
+            ax.annotate(f"{100 * v:.0f}%", (x, v), ha="center", va="bottom", fontsize=7,
+                        xytext=(0, 1), textcoords="offset points")
+    handles, names = ax.get_legend_handles_labels()
+    uniq = dict(zip(names, handles))
+    ax.set_xticks(range(len(points)), labels, fontsize=8,
+                  rotation=15 if sum(map(len, labels)) > 60 else 0)
+    ax.set_xlim(-0.6, len(points) - 0.4)
+    ax.set_ylabel("flip rate")
+    ax.set_ylim(0, 1.08)
+    ax.yaxis.set_major_formatter(lambda v, _pos: f"{100 * v:.0f}%")
+    ax.grid(axis="y", alpha=0.3)
+    if uniq:
+        ax.legend(uniq.values(), uniq.keys(), fontsize=7, frameon=False, loc="best")
+    if title:
+        ax.set_title(title, fontsize=10)
     return fig
 
 

@@ -1,10 +1,16 @@
-"""Rich tables for the terminal."""
+"""Rich tables for the terminal: one dissection, one audit, and the session summary that
+pytest prints (readable in an 80-column CI log as well as a wide terminal)."""
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rich import box
+from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -34,37 +40,171 @@ def dissection_table(d, max_rows: int = 20) -> Table:
 
 _OUTCOME_STYLE = {"passed": "bold green", "failed": "bold red", "error": "bold yellow",
                   "skipped": "dim"}
+_OUTCOME_SHORT = {"passed": "PASS", "failed": "FAIL", "error": "ERR", "skipped": "SKIP"}
+#: console width from which the summary may give expectation and corruption columns of their own
+WIDE = 120
+_EXPECT_RE = re.compile(r"^\s*(?P<metric>.+?)\s*(?P<op><=|>=|==|!=|<|>)\s*(?P<bound>\S+)\s*$")
+_SYMBOL = {"<=": "≤", ">=": "≥", "<": "<", ">": ">", "==": "=", "!=": "≠"}
+#: the relation that does hold when the expected one does not
+_NEGATED = {"<=": ">", ">=": "<", "<": "≥", ">": "≤", "==": "≠", "!=": "="}
 
 
-def session_summary(records: Sequence[Mapping[str, Any]]) -> Table:
-    """One line per property (outcome, measured vs bound, layer, corruption, time): the
-    terminal twin of the HTML report's summary table."""
-    from nemaudit.report.json_report import corruption_text, fmt_num, summarize
+def _holds(measured: float, op: str, bound: float) -> bool:
+    return {"<=": measured <= bound, ">=": measured >= bound, "<": measured < bound,
+            ">": measured > bound, "==": measured == bound, "!=": measured != bound}[op]
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def result_text(record: Mapping[str, Any], digits: int = 3) -> str:
+    """What was measured against what, as the relation that actually holds: ``0.031 ≤ 0.25``
+    for a pass, ``0.3 > 0.01`` for a failure; ``unchanged`` / ``3 units moved`` for baselines;
+    the audit's flip rate when no expectation was recorded (a passing Python ``assert``)."""
+    from nemaudit.report.json_report import fmt_num, fmt_pct
+
+    expectation = str(record.get("expectation") or "")
+    measured, bound = record.get("measured"), record.get("bound")
+    baseline = record.get("baseline") or {}
+    if expectation == "unchanged_since_baseline" or baseline:
+        if baseline.get("status") == "written":
+            return "baseline written"
+        if _number(measured):
+            n = int(measured)
+            return "unchanged" if n == 0 else f"{n} unit{'' if n == 1 else 's'} moved"
+    m = _EXPECT_RE.match(expectation)
+    if m is None or not _number(bound):
+        if _number(measured):
+            return fmt_num(measured, digits)
+        flip = ((record.get("audit") or {}).get("metrics") or {}).get("flip_rate")
+        return f"flip {fmt_pct(flip)}" if _number(flip) else "—"
+    if not _number(measured):
+        return f"undefined {_SYMBOL[m['op']]} {fmt_num(bound, digits)}"
+    sym = _SYMBOL[m["op"]] if _holds(measured, m["op"], bound) else _NEGATED[m["op"]]
+    return f"{fmt_num(measured, digits)} {sym} {fmt_num(bound, digits)}"
+
+
+def _metric(record: Mapping[str, Any]) -> str | None:
+    m = _EXPECT_RE.match(str(record.get("expectation") or ""))
+    return m["metric"] if m else None
+
+
+def _name(record: Mapping[str, Any]) -> str:
+    """The item's name, with its layer unless the name already says it (spec items do)."""
+    name = str(record.get("name") or record.get("nodeid") or "?")
+    layer = record.get("layer")
+    return name if not layer or str(layer) in name else f"{name} · {layer}"
+
+
+def _title(records: Sequence[Mapping[str, Any]]) -> str:
+    from nemaudit.report.json_report import summarize
 
     s = summarize(records)
     counts = ", ".join(f"{s[o]} {o}" for o in ("passed", "failed", "error", "skipped") if s[o])
-    table = Table(title=f"nemaudit — {s['total']} propert{'y' if s['total'] == 1 else 'ies'}: "
-                        f"{counts or 'none run'}", title_justify="left")
-    table.add_column("outcome")
-    table.add_column("property")
-    table.add_column("expectation")
-    table.add_column("measured", justify="right")
-    table.add_column("bound", justify="right")
-    table.add_column("layer")
-    table.add_column("corruption")
-    table.add_column("time", justify="right")
+    return (f"nemaudit — {s['total']} propert{'y' if s['total'] == 1 else 'ies'}: "
+            f"{counts or 'none run'} ({s['duration']:.1f} s)")
+
+
+def _outcome(record: Mapping[str, Any], short: bool) -> Text:
+    outcome = str(record.get("outcome") or "error")
+    label = _OUTCOME_SHORT.get(outcome, outcome.upper()) if short else outcome.upper()
+    return Text(label, style=_OUTCOME_STYLE.get(outcome, "bold yellow"))
+
+
+def _result_cell(record: Mapping[str, Any], digits: int) -> Text:
+    bad = record.get("outcome") in ("failed", "error")
+    return Text(result_text(record, digits), style="red" if bad else "")
+
+
+def _detail(r: Mapping[str, Any], metric: bool = True, reason: bool = True) -> str:
+    from nemaudit.report.json_report import corruption_text
+
+    parts = [_metric(r) if metric else None,
+             corruption_text(r.get("corruption")) if r.get("corruption") else None]
+    if reason and r.get("outcome") in ("error", "skipped") and r.get("message"):
+        parts.append(str(r["message"]).strip().splitlines()[0])  # why it did not run
+    return " · ".join(x for x in parts if x)
+
+
+def narrow_summary(records: Sequence[Mapping[str, Any]]) -> Table:
+    """The summary for CI logs (~80 columns): outcome · property · result · time, with the
+    metric and the corruption as a dim second line that is cut, never wrapped, so a property
+    takes two lines (three when its name is longer than the column)."""
+    table = _table(records)
+    table.add_column("", no_wrap=True)
+    table.add_column("property", overflow="fold")
+    table.add_column("result", justify="right", no_wrap=True)
+    table.add_column("time", justify="right", no_wrap=True)
     for r in records:
-        outcome = str(r.get("outcome") or "error")
-        table.add_row(Text(outcome.upper(), style=_OUTCOME_STYLE.get(outcome, "bold yellow")),
-                      Text(str(r.get("name") or r.get("nodeid") or "?")),
-                      Text(str(r.get("expectation") or "—")),
-                      Text(fmt_num(r.get("measured")),
-                           style="red" if outcome == "failed" else ""),
-                      Text(fmt_num(r.get("bound"))), Text(str(r.get("layer") or "—")),
-                      Text(corruption_text(r.get("corruption"))),
-                      f"{float(r.get('duration') or 0):.2f} s")
-    table.caption = f"total {s['duration']:.1f} s"
+        cell: Any = Text(_name(r), overflow="fold")
+        detail = _detail(r)
+        if detail:
+            cell = Group(cell, Text(detail, style="dim", no_wrap=True, overflow="ellipsis"))
+        table.add_row(_outcome(r, short=True), cell, _result_cell(r, 2),
+                      _seconds(float(r.get("duration") or 0)))
     return table
+
+
+def wide_summary(records: Sequence[Mapping[str, Any]]) -> Table:
+    """The summary for wide terminals: the expectation and the corruption get columns of
+    their own, each as wide as its longest entry."""
+    table = _table(records)
+    table.add_column("outcome", no_wrap=True)
+    table.add_column("property", overflow="fold")
+    table.add_column("expectation", overflow="fold")
+    table.add_column("result", justify="right", no_wrap=True)
+    table.add_column("corruption", overflow="fold")
+    table.add_column("time", justify="right", no_wrap=True)
+    for r in records:
+        table.add_row(_outcome(r, short=False), Text(_name(r), overflow="fold"),
+                      Text(str(r.get("expectation") or "—")), _result_cell(r, 4),
+                      Text(_detail(r, metric=False, reason=False) or "—", style="dim"),
+                      f"{float(r.get('duration') or 0):.2f} s")
+    return table
+
+
+def _seconds(d: float) -> str:
+    return f"{d:.1f} s" if d < 99.95 else f"{d:.0f} s"
+
+
+def _table(records: Sequence[Mapping[str, Any]]) -> Table:
+    # no outer edge, a rule under the header, two spaces between columns: every character
+    # of an 80-column log goes to content; columns only as wide as their content
+    return Table(title=_title(records), title_justify="left", box=box.SIMPLE_HEAD,
+                 show_edge=False, pad_edge=False, padding=(0, 1, 0, 0), header_style="bold")
+
+
+class SessionSummary:
+    """The session summary as a rich renderable that picks its layout when it is printed:
+    :func:`wide_summary` when the console has ≥ :data:`WIDE` columns and every property fits
+    on one line there, :func:`narrow_summary` otherwise (wrapped wide tables read worse than
+    the narrow one)."""
+
+    def __init__(self, records: Sequence[Mapping[str, Any]], width: int | None = None) -> None:
+        self.records = list(records)
+        self.width = width
+
+    def table(self, width: int, console: Console | None = None) -> Table:
+        """The table for a console ``width`` columns wide."""
+        if width >= WIDE:
+            wide = wide_summary(self.records)
+            console = console or Console(width=width)
+            need = Measurement.get(console, console.options.update_width(10**4), wide).maximum
+            if need <= width:
+                return wide
+        return narrow_summary(self.records)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.table(self.width or options.max_width, console)
+
+
+def session_summary(records: Sequence[Mapping[str, Any]], width: int | None = None
+                    ) -> SessionSummary:
+    """One entry per property (outcome, measured against bound, corruption, time): the
+    terminal twin of the HTML report's summary table. The layout follows the console's width
+    at print time (pytest's terminal, an 80-column CI log), or ``width`` when given."""
+    return SessionSummary(records, width)
 
 
 def audit_table(result: Any, max_rows: int = 15) -> Table:

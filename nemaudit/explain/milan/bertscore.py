@@ -89,6 +89,12 @@ class F1Bert:
         self.path = path
         self.num_layers = DEFAULT_LAYERS if num_layers is None else int(num_layers)
         self.batch_size = batch_size
+        try:  # transformers' "Loading weights" bar would break up pytest's output
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        except ImportError:  # pragma: no cover - bert_score depends on transformers
+            pass
         self.scorer = BERTScorer(model_type=str(path), num_layers=self.num_layers,
                                  device=str(device), idf=idf, rescale_with_baseline=False,
                                  batch_size=batch_size)

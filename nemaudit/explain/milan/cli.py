@@ -1,7 +1,7 @@
 """``nemaudit describe``: MILAN descriptions of units, and optionally their robustness audit.
 
-Wired into ``nemaudit/cli.py`` with ``add_describe_parser(sub)``; the model and probe options
-are the shared ones of the other subcommands.
+The options are declared in ``nemaudit/cli.py`` (so ``nemaudit --help`` imports no torch);
+this module runs the command.
 
     nemaudit describe --layer layer4 --units 0,1,2
     nemaudit describe --layer layer4 --corruption gaussian:std=0.02 --out milan.json
@@ -13,39 +13,6 @@ import argparse
 import json
 from pathlib import Path
 from typing import Any
-
-
-def add_describe_parser(sub: Any) -> argparse.ArgumentParser:
-    """Add the ``describe`` subcommand to an ``add_subparsers()`` object."""
-    from nemaudit.cli import _add_model_args
-
-    p = sub.add_parser("describe", help="MILAN natural-language descriptions of units "
-                                        "(offline), optionally clean vs corrupted")
-    _add_model_args(p)
-    p.add_argument("--layer", action="append", required=True, help="layer name (repeatable)")
-    p.add_argument("--units", default=None, help="comma-separated unit indices (default: all)")
-    p.add_argument("--milan", default=None,
-                   help="MILAN weights (.pt with its .json next to it; default: the bundled)")
-    p.add_argument("--k", type=int, default=15, help="exemplars per unit (default 15)")
-    p.add_argument("--eta", type=float, default=0.01, help="top-η masks (default 0.01)")
-    p.add_argument("--beam-size", type=int, default=None, help="default 50")
-    p.add_argument("--lam", type=float, default=None,
-                   help="reranking weight λ in log p(d|E) − λ log p(d) (default 0.2)")
-    p.add_argument("--candidates", type=int, default=0,
-                   help="also print this many reranked beam candidates per unit")
-    p.add_argument("--corruption", action="append", default=None,
-                   help="audit the descriptions under a corruption (repeatable), e.g. "
-                        "gaussian:std=0.02 | pgd:eps=4/255,steps=10")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="F1-BERT manipulation threshold (default: calibrated for MiniLM)")
-    p.add_argument("--attack-images", type=int, default=None,
-                   help="pgd: poison each unit's first N clean exemplars (default: all k)")
-    p.add_argument("--max-units", type=int, default=None,
-                   help="pgd: attack at most this many units (evenly spaced)")
-    p.add_argument("--out", default=None, help="write the JSON result here")
-    p.add_argument("--show", type=int, default=30, help="units shown per table")
-    p.set_defaults(func=cmd_describe)
-    return p
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
