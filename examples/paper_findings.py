@@ -8,7 +8,9 @@ Writes figures (PNG), ``findings.json`` and ``findings.md`` (the table the READM
 2. flip rate vs poisoned fraction p (Gaussian σ = 0.05), layer4;
 3. designed PGD (Eq. 9), untargeted and targeted, ε ∈ {2, 4, 6}/255, per layer;
 4. designed PGD vs Bernoulli noise at equal ε = 6/255, layer4, same units;
-5. detector share per category clean vs FGSM (ε = 2/255) — the Xie table.
+5. detector share per category clean vs FGSM (ε = 2/255) — the Xie table;
+6. MILAN descriptions per layer under noise (σ = 0.02, 0.05) and the per-unit designed attack
+   (Eq. 9 with Eq. 8 masks, ε ∈ {2, 4, 6}/255): F1-BERT mean ± std, share manipulated.
 
 Flip rates are reported over all units and over clean detectors (units at IoU ≥ 0.04):
 over all units they mostly count near-ties among non-detectors.
@@ -52,6 +54,9 @@ def main() -> None:
     ap.add_argument("--target", default="car", help="target concept of the targeted PGD")
     ap.add_argument("--out", default="reports/findings")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--milan-units", type=int, default=16,
+                    help="units attacked per layer by the MILAN designed attack")
+    ap.add_argument("--no-milan", action="store_true", help="skip the MILAN audits")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,10 +113,42 @@ def main() -> None:
                               **point(r, 2 / 255, layer)}
         save_detector_share_png(out / f"fgsm_detector_share_{layer}.png", r.metrics,
                                 f"Detector share clean vs FGSM ε=2/255 ({layer})")
+    if not args.no_milan:
+        res["milan"] = milan_findings(model, probe, pgd_probe, args, device, out)
     res["seconds"] = round(time.perf_counter() - t0, 1)
     (out / "findings.json").write_text(json.dumps(res, indent=1))
     (out / "findings.md").write_text(markdown(res))
     print(markdown(res))
+
+
+def milan_findings(model, probe, pgd_probe, args, device, out):
+    """MILAN (bundled, offline) clean vs corrupted, per layer: noise on the whole probe, and
+    the designed attack on each unit's own exemplars."""
+    from nemaudit.audit.milan import MilanAuditConfig, audit_milan
+
+    pts = []
+    for layer in LAYERS:
+        runs = [(probe, f"gaussian:std={s},fraction=1.0", None) for s in (0.02, 0.05)]
+        runs += [(pgd_probe, f"pgd:eps={k}/255,steps=10", args.milan_units) for k in (2, 4, 6)]
+        for p, spec, cap in runs:
+            r = audit_milan(model, layer, p, spec, config=MilanAuditConfig(max_units=cap),
+                            device=device, progress=True)
+            m = r.metrics
+            kind = spec.split(":")[0]
+            x = float(spec.split("=")[1].split(",")[0].split("/")[0]) / (255 if kind == "pgd"
+                                                                          else 1)
+            print(f"MILAN {layer} {spec}: manipulated {m['manipulated_rate']:.3f}, F1 "
+                  f"{m['f1_mean']:.3f} ± {m['f1_std']:.3f} in {r.meta['seconds']:.1f}s")
+            pts.append({"x": x, "series": f"{layer} {kind}", "layer": layer, "spec": spec,
+                        "flip_rate": m["manipulated_rate"], "units": m["units"],
+                        "f1_mean": m["f1_mean"], "f1_std": m["f1_std"],
+                        "description_change_rate": m["description_change_rate"],
+                        "exemplar_overlap_mean": m["exemplar_overlap_mean"],
+                        "threshold": m["threshold"], "seconds": r.meta["seconds"]})
+    attack = {"x": "eps", "points": [p for p in pts if p["spec"].startswith("pgd")]}
+    save_sweep_png(out / "milan_manipulated_vs_eps.png", attack,
+                   "MILAN: share of descriptions manipulated by the designed attack")
+    return {"points": pts}
 
 
 def pct(v):
@@ -149,6 +186,16 @@ def markdown(res: dict) -> str:
                  for k in ("C", "T", "S", "M", "P", "O", "All")]
         lines.append(f"| {layer} | " + " | ".join(cells) +
                      f" | {pct(f['accuracy_clean'])} → {pct(f['accuracy_corrupted'])} |")
+    if res.get("milan"):
+        lines += ["", "MILAN descriptions, clean vs corrupted (manipulated: F1-BERT ≤ "
+                  f"{res['milan']['points'][0]['threshold']:.3f}, MiniLM):", "",
+                  "| corruption | layer | units | manipulated | F1-BERT mean ± std | "
+                  "words changed | exemplars kept |", "|---|---|---:|---:|---:|---:|---:|"]
+        for p in res["milan"]["points"]:
+            lines.append(f"| {p['spec']} | {p['layer']} | {p['units']} | {pct(p['flip_rate'])} | "
+                         f"{p['f1_mean']:.3f} ± {p['f1_std']:.3f} | "
+                         f"{pct(p['description_change_rate'])} | "
+                         f"{pct(p['exemplar_overlap_mean'])} |")
     return "\n".join(lines) + "\n"
 
 

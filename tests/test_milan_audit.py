@@ -102,6 +102,26 @@ def test_pgd_per_unit_audit_poisons_each_units_own_exemplars():
     json.dumps(r.to_json())
 
 
+def test_per_unit_audit_is_exact_however_little_state_is_kept():
+    """With no spare state (slack 1) the attacked units are recomputed in full; the rows
+    equal those of an audit whose kept state covers the attack."""
+    pytest.importorskip("torchattacks")
+    out = {}
+    for slack in (1.0, 8.0):
+        cfg = MilanAuditConfig(exemplars=ExemplarConfig(k=4, batch_size=8), threshold=0.5,
+                               slack=slack)
+        out[slack] = audit_milan(ToyNet(seed=1), "layer2", ToyProbe(n=24),
+                                 "pgd:eps=16/255,steps=3", describer=ParityDescriber(),
+                                 scorer=exact, config=cfg, units=[0, 3, 5])
+    tight, roomy = out[1.0], out[8.0]
+    assert tight.meta["units_recomputed_in_full"] > 0
+    assert roomy.meta["units_recomputed_in_full"] == 0
+    for a, b in zip(tight.rows, roomy.rows):
+        assert a["corrupted_exemplars"] == b["corrupted_exemplars"]
+        assert a["corrupted_threshold"] == pytest.approx(b["corrupted_threshold"], abs=1e-6)
+        assert a["corrupted"] == b["corrupted"]
+
+
 def test_pgd_with_zero_budget_changes_nothing():
     pytest.importorskip("torchattacks")
     r = audit_milan(ToyNet(seed=1), "layer2", ToyProbe(n=24), "pgd:eps=0,steps=2",

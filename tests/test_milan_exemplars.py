@@ -13,6 +13,7 @@ from nemaudit.explain.milan.exemplars import (
     Exemplars,
     TopExemplars,
     compute_exemplars,
+    recompute_exemplars,
     update_exemplars,
 )
 from nemaudit.probe.base import Concept, ProbeDataset, ProbeItem
@@ -150,6 +151,44 @@ def test_update_exemplars_matches_recompute(seed, n_att):
     out, inexact = update_exemplars(clean, rows, changed, torch.cat(new_maps),
                                     torch.tensor(new_rows), torch.cat(new_images))
     assert not inexact.any()
+    for i, r in enumerate(rows):
+        ref = compute_exemplars(Identity(), "feat", ActsProbe(poisoned[i], (4, 6)), cfg,
+                                units=[r])
+        assert torch.equal(out.indices[i], ref.indices[0])
+        assert torch.allclose(out.thresholds[i], ref.thresholds[0], atol=1e-6)
+        assert torch.equal(out.masks[i], ref.masks[0])
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 4))
+def test_recompute_is_exact_where_the_kept_state_is_not(seed, n_att):
+    """A state with no spare candidates (depth = k, slack 1) cannot follow an attack that
+    sinks a unit's top images; recompute_exemplars then gives the full recomputation."""
+    g = torch.Generator().manual_seed(seed)
+    n, u, k = 25, 3, 4
+    acts = torch.rand(n, u, 2, 3, generator=g) * 3
+    probe = ActsProbe(acts, (4, 6))
+    cfg = ExemplarConfig(k=k, batch_size=6)
+    clean = compute_exemplars(Identity(), "feat", probe, cfg, keep_state=True, depth=k,
+                              slack=1.0)
+    rows = [1, 2]
+    changed = torch.zeros(len(rows), n, dtype=torch.bool)
+    new_maps, new_rows, new_images, poisoned = [], [], [], []
+    for i, r in enumerate(rows):
+        imgs = clean.indices[r, :n_att]
+        changed[i, imgs] = True
+        m = acts[imgs, r] * 0.01  # far below every other image
+        new_maps.append(m)
+        new_rows += [i] * len(imgs)
+        new_images.append(imgs)
+        mod = acts.clone()
+        mod[imgs, r] = m
+        poisoned.append(mod)
+    maps, nrows, nimgs = torch.cat(new_maps), torch.tensor(new_rows), torch.cat(new_images)
+    _, inexact = update_exemplars(clean, rows, changed, maps, nrows, nimgs)
+    assert inexact.all()  # the kept state lost track: nothing to rank the new top k from
+    out = recompute_exemplars(Identity(), clean, rows, maps, nrows, nimgs)
+    assert out.units.tolist() == rows
     for i, r in enumerate(rows):
         ref = compute_exemplars(Identity(), "feat", ActsProbe(poisoned[i], (4, 6)), cfg,
                                 units=[r])

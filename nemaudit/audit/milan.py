@@ -37,6 +37,7 @@ from nemaudit.explain.milan.exemplars import (
     ExemplarConfig,
     Exemplars,
     compute_exemplars,
+    recompute_exemplars,
     update_exemplars,
 )
 from nemaudit.model.layers import LayerRecorder
@@ -237,7 +238,7 @@ def audit_milan(model: torch.nn.Module, layer: str, probe: ProbeDataset,
         info["poisoned_images"] = len(corruption.poisoned_indices(probe))
         pictures = None
     else:
-        corrupted, bad_text, poisoned, pictures = _per_unit(
+        corrupted, bad_text, poisoned, pictures, info["units_recomputed_in_full"] = _per_unit(
             model, layer, probe, corruption, clean, clean_text, describer, config, n_att,
             device, progress)
         info["poisoned_images_per_unit_mean"] = (sum(poisoned) / len(poisoned)
@@ -263,17 +264,20 @@ def audit_milan(model: torch.nn.Module, layer: str, probe: ProbeDataset,
 def _per_unit(model: torch.nn.Module, layer: str, probe: ProbeDataset, corruption: Any,
               clean: Exemplars, clean_text: Sequence[str], describer: Any,
               config: MilanAuditConfig, n_att: int, device: torch.device, progress: bool
-              ) -> tuple[Exemplars, list[str], list[int], dict[int, torch.Tensor]]:
+              ) -> tuple[Exemplars, list[str], list[int], dict[int, torch.Tensor], int]:
     """Attack each unit on its own exemplars (Eq. 9 with Eq. 8 masks), update its exemplars
     exactly and describe them from the poisoned pixels, a chunk of units at a time.
 
     Also returns, for a few units whose description changed, their first corrupted exemplar
-    images as uint8 (report pictures: the poisoned copies exist only inside this loop)."""
+    images as uint8 (report pictures: the poisoned copies exist only inside this loop), and
+    how many units were recomputed in full (their attack moved more top activations than the
+    kept state covers)."""
     n = len(probe)
     parts: list[Exemplars] = []
     texts: list[str] = []
     poisoned: list[int] = []
     pictures: dict[int, torch.Tensor] = {}
+    recomputed = 0
     chunk = max(1, int(config.unit_chunk))
     with progress_task(f"milan attack {layer}", len(clean), progress) as task, \
             LayerRecorder(model, [layer], stop_at_layer=True) as rec:
@@ -304,11 +308,15 @@ def _per_unit(model: torch.nn.Module, layer: str, probe: ProbeDataset, corruptio
             changed = torch.zeros(len(rows), n, dtype=torch.bool)
             changed[pu.cpu(), new_images.cpu()] = True
             part, inexact = update_exemplars(clean, rows, changed, new_maps, pu, new_images)
-            if inexact.any():
-                bad = [unit_ids[i] for i in inexact.nonzero().flatten().tolist()]
-                raise RuntimeError(f"units {bad[:10]}: the attack moved more of the top "
-                                   "activations than the kept state covers; rerun with a "
-                                   "larger MilanAuditConfig.slack")
+            if inexact.any():  # the attack moved more top values than the state kept
+                redo = inexact.nonzero().flatten()
+                sel = torch.isin(pu.cpu(), redo)
+                pos = torch.searchsorted(redo, pu.cpu()[sel])  # position among redo rows
+                full = recompute_exemplars(model, clean, [rows[i] for i in redo.tolist()],
+                                           new_maps[sel.to(new_maps.device)], pos,
+                                           new_images[sel.to(new_images.device)])
+                recomputed += len(redo)
+                part = _splice(part, redo, full)
             # pixels: the unit's poisoned copy where it was attacked, the clean image elsewhere
             adv = {(int(u), int(i)): res.images[u, b].detach().cpu()
                    for u, b, i in zip(pu.tolist(), pb.tolist(), new_images.tolist())}
@@ -332,4 +340,13 @@ def _per_unit(model: torch.nn.Module, layer: str, probe: ProbeDataset, corruptio
             task.advance(len(rows))
     corrupted = Exemplars.concat(parts) if parts else clean
     corrupted = replace(corrupted, layer=layer, transform=None)
-    return corrupted, texts, poisoned, pictures
+    return corrupted, texts, poisoned, pictures, recomputed
+
+
+def _splice(part: Exemplars, rows: torch.Tensor, full: Exemplars) -> Exemplars:
+    """``part`` with its ``rows`` replaced by ``full``'s (same units, in that order)."""
+    out = {name: getattr(part, name).clone() for name in
+           ("indices", "maxes", "masks", "thresholds")}
+    for name, t in out.items():
+        t[rows] = getattr(full, name).to(t.device, t.dtype)
+    return replace(part, **out)

@@ -213,9 +213,10 @@ class ExemplarTally:
     """The streaming state of one layer: quantile buffers and the running top-``depth``."""
 
     def __init__(self, n_images: int, config: ExemplarConfig, device: torch.device,
-                 keep_state: bool, depth: int, slack: float) -> None:
+                 keep_state: bool, depth: int, slack: float, keep_maps: bool = False) -> None:
         self.n, self.config, self.device = n_images, config, device
         self.keep_state, self.depth, self.slack = keep_state, depth, slack
+        self.keep_maps = keep_maps  # always keep the candidates' maps (no second pass)
         self.quant: TopQuantile | None = None
         self.top: TopExemplars | None = None
 
@@ -226,7 +227,8 @@ class ExemplarTally:
                                            slack=self.slack if self.keep_state else 1.0,
                                            track_ids=self.keep_state)
             need = u * (self.depth + self.config.batch_size) * per * 4
-            keep_maps = self.keep_state or need <= self.config.maps_budget_mb * 2**20
+            keep_maps = self.keep_state or self.keep_maps \
+                or need <= self.config.maps_budget_mb * 2**20
             self.top = TopExemplars.empty(u, self.depth, self.device, keep_maps=keep_maps)
         self.quant.update(acts, indices)
         self.top.update(acts, indices)
@@ -340,6 +342,38 @@ def _second_pass(model: torch.nn.Module, layer: str, probe: ProbeDataset,
     return maps
 
 
+@torch.no_grad()
+def recompute_exemplars(model: torch.nn.Module, clean: Exemplars,
+                        rows: Sequence[int] | torch.Tensor, new_maps: torch.Tensor,
+                        new_rows: torch.Tensor, new_images: torch.Tensor
+                        ) -> Exemplars:
+    """The exact exemplars of ``rows`` from every activation, when :func:`update_exemplars`
+    cannot read them from the kept state: one clean pass over the probe for these units, each
+    row's changed images replaced by its own new maps (``new_maps[f]`` is row ``new_rows[f]``'s
+    map on image ``new_images[f]``, as for :func:`update_exemplars`)."""
+    if clean.probe is None:
+        raise ValueError("these exemplars carry no probe to recompute from")
+    r = torch.as_tensor(rows, dtype=torch.int64)
+    units = clean.units[r]
+    config = clean.config
+    device = clean.device or torch.device("cpu")
+    probe = clean.probe
+    tally = ExemplarTally(len(probe), config, device, keep_state=False, depth=clean.k,
+                          slack=1.0, keep_maps=True)
+    new_rows, new_images = new_rows.to(device), new_images.to(device)
+    new_maps = new_maps.to(device)
+    loader = probe_loader(probe, config.batch_size)
+    for batch, acts in stream_activations(model, clean.layer, loader, device):
+        acts = acts[:, units.to(acts.device)].clone()
+        idx = batch.indices.to(device)
+        pos = torch.searchsorted(idx, new_images).clamp(max=len(idx) - 1)
+        hit = (idx[pos] == new_images).nonzero().flatten()
+        acts[pos[hit], new_rows[hit]] = new_maps[hit]
+        tally.add(acts, idx)
+    out = tally.finish(model, clean.layer, probe, units, tuple(clean.masks.shape[2:]), None)
+    return replace(out, config=config, device=clean.device)
+
+
 def update_exemplars(clean: Exemplars, rows: Sequence[int] | torch.Tensor,
                      changed: torch.Tensor, new_maps: torch.Tensor, new_rows: torch.Tensor,
                      new_images: torch.Tensor) -> tuple[Exemplars, torch.Tensor]:
@@ -353,7 +387,7 @@ def update_exemplars(clean: Exemplars, rows: Sequence[int] | torch.Tensor,
 
     Returns the updated exemplars of ``rows`` (no images attached: the caller knows which
     pixels changed) and bool ``[len(rows)]``: rows whose new threshold or ranking could not be
-    read exactly from the kept state (rerun with a larger ``slack``/``depth``).
+    read exactly from the kept state (:func:`recompute_exemplars` gives those exactly).
     """
     st = clean.state
     if st is None or st.top.maps is None:
