@@ -975,7 +975,8 @@ class NemauditState:
         if record is None:
             return
         report.nemaudit_record = record  # type: ignore[attr-defined]  # JSON: crosses xdist
-        if self.config.pluginmanager.hasplugin("html") and record.get("audit"):
+        if self.config.pluginmanager.hasplugin("html") and (record.get("audit")
+                                                            or record.get("milan")):
             try:
                 from nemaudit.report.html import pytest_html_extras
 

@@ -195,3 +195,13 @@ def test_recompute_is_exact_where_the_kept_state_is_not(seed, n_att):
         assert torch.equal(out.indices[i], ref.indices[0])
         assert torch.allclose(out.thresholds[i], ref.thresholds[0], atol=1e-6)
         assert torch.equal(out.masks[i], ref.masks[0])
+
+
+def test_unit_out_of_range_is_named():
+    import pytest
+
+    from nemaudit.errors import SpecError
+
+    probe = ActsProbe(torch.rand(6, 4, 2, 2), (4, 4))
+    with pytest.raises(SpecError, match=r"unit 9 is out of range: this layer has 4 units"):
+        compute_exemplars(Identity(), "feat", probe, ExemplarConfig(k=2), units=[1, 9])

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import operator
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 import torch
 
 from nemaudit.errors import SpecError
+from nemaudit.model.layers import validate_units  # noqa: F401  (re-exported)
 from nemaudit.probe.base import ProbeBatch, ProbeDataset
 
 __all__ = [
@@ -143,23 +143,6 @@ def _as_float(value: Any, key: str) -> float:
     if not math.isfinite(v):
         raise SpecError(f"{key}={value!r} must be finite")
     return v
-
-
-def validate_units(units: Iterable[int], n_units: int) -> list[int]:
-    """Unit indices as a list, or a :class:`SpecError` naming the first out-of-range unit."""
-    out: list[int] = []
-    for u in units:
-        try:
-            if isinstance(u, bool):
-                raise TypeError
-            i = operator.index(u)
-        except TypeError:
-            raise SpecError(f"unit {u!r} is not an integer index") from None
-        if not 0 <= i < n_units:
-            raise SpecError(f"unit {i} is out of range: this layer has {n_units} units "
-                            f"(valid: 0..{n_units - 1})")
-        out.append(i)
-    return out
 
 
 def resolve_concept(probe: ProbeDataset, concept: str | int) -> int:

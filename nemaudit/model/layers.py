@@ -8,6 +8,7 @@ network; ``model.layer4`` is accepted as an alias.
 from __future__ import annotations
 
 import difflib
+import operator
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nemaudit.errors import ModelSpecError
+from nemaudit.errors import ModelSpecError, SpecError
 from nemaudit.model.load import NormalizedModel, unwrap
 
 _MAX_LISTED = 60
@@ -213,3 +214,20 @@ class LayerRecorder:
         if name not in self.outputs:
             raise KeyError(f"no recorded output for {name!r} (recorded: {list(self.outputs)})")
         return self.outputs[name]
+
+
+def validate_units(units: Iterable[int], n_units: int) -> list[int]:
+    """Unit indices as a list, or a :class:`SpecError` naming the first out-of-range unit."""
+    out: list[int] = []
+    for u in units:
+        try:
+            if isinstance(u, bool):
+                raise TypeError
+            i = operator.index(u)
+        except TypeError:
+            raise SpecError(f"unit {u!r} is not an integer index") from None
+        if not 0 <= i < n_units:
+            raise SpecError(f"unit {i} is out of range: this layer has {n_units} units "
+                            f"(valid: 0..{n_units - 1})")
+        out.append(i)
+    return out

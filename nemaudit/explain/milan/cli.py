@@ -25,11 +25,14 @@ def cmd_describe(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from nemaudit.cli import _parse_normalize, _write_json
+    from nemaudit.corrupt.spec import parse_corruption
     from nemaudit.explain.milan.describer import MilanDescriber
     from nemaudit.explain.milan.exemplars import ExemplarConfig, compute_exemplars
     from nemaudit.model import load_model, resolve_device
     from nemaudit.probe import load_probe
 
+    for spec in args.corruption or []:  # a bad spec fails now, not after the clean pass
+        parse_corruption(spec)
     device = resolve_device(args.device)
     model = load_model(args.model, weights=args.weights,
                        normalize=_parse_normalize(args.normalize), device=device)

@@ -31,7 +31,7 @@ from nemaudit.explain.activations import check_finite, probe_loader, stream_acti
 from nemaudit.explain.incremental import _pad_by_unit
 from nemaudit.explain.masks import unit_masks
 from nemaudit.explain.quantile import TopQuantile, read_quantile
-from nemaudit.model.layers import LayerRecorder
+from nemaudit.model.layers import LayerRecorder, validate_units
 from nemaudit.probe.base import ProbeBatch, ProbeDataset, collate
 from nemaudit.progress import progress_task
 
@@ -273,6 +273,8 @@ def compute_exemplars(model: torch.nn.Module, layer: str, probe: ProbeDataset,
     with progress_task(f"exemplars {layer}", len(probe), progress) as task:
         for batch, acts in stream_activations(model, layer, loader, device, transform):
             if sel is not None:
+                if tally.quant is None:  # first batch: the layer's width is known now
+                    validate_units(sel.tolist(), acts.shape[1])
                 acts = acts[:, sel.to(acts.device)]
             tally.add(acts, batch.indices)
             task.advance(len(batch))
