@@ -18,8 +18,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "(default: the bundled nemaudit:conceptnet)")
     p.add_argument("--weights", default=None, help="local checkpoint (loaded with weights_only=True)")
     p.add_argument("--normalize", default=None,
-                   help="imagenet | none | MEAN,MEAN,MEAN/STD,STD,STD (default: the model's own; "
-                        "imagenet for torchvision models)")
+                   help="imagenet | none | netdissect (the reference's (255x - mean)/(255*0.224)) "
+                        "| MEAN,MEAN,MEAN/STD,STD,STD (default: the model's own; imagenet for "
+                        "torchvision models)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--probe", default="synthetic:n=2000,seed=0",
                    help="synthetic:n=2000,seed=0 | broden:PATH[,split=val][,max=N] | folder:PATH")
@@ -28,13 +29,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _parse_normalize(text: str | None):
-    if text is None or text in ("imagenet", "none"):
+    if text is None or text in ("imagenet", "none", "netdissect"):
         return text
     try:
         mean, std = text.split("/")
         return (tuple(float(v) for v in mean.split(",")), tuple(float(v) for v in std.split(",")))
     except ValueError:
-        raise NemauditError(f"--normalize {text!r}: expected imagenet, none, or "
+        raise NemauditError(f"--normalize {text!r}: expected imagenet, none, netdissect, or "
                             "'m1,m2,m3/s1,s2,s3'") from None
 
 

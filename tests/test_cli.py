@@ -92,3 +92,14 @@ def test_unknown_arguments_of_other_commands_are_errors(capsys):
     with pytest.raises(SystemExit):
         main(["dissect", "--layer", "layer4", "--bogus"])
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_normalize_values():
+    from nemaudit.cli import _parse_normalize
+    from nemaudit.errors import NemauditError
+
+    assert [_parse_normalize(v) for v in (None, "imagenet", "none", "netdissect")] == [
+        None, "imagenet", "none", "netdissect"]
+    assert _parse_normalize("0.5,0.5,0.5/0.2,0.2,0.2") == ((0.5,) * 3, (0.2,) * 3)
+    with pytest.raises(NemauditError, match="expected imagenet, none, netdissect"):
+        _parse_normalize("imagnet")
