@@ -70,6 +70,9 @@ def main() -> None:
     res: dict = {"settings": vars(args) | {"device": str(device), "torch": torch.__version__}}
     t0 = time.perf_counter()
 
+    def save() -> None:  # after every section: a long run that stops keeps what it measured
+        (out / "findings.json").write_text(json.dumps(res, indent=1))
+
     def run(p, layer, spec, c=cfg):
         r = audit(model, layer, p, spec, c, device=device, cache_dir=cache, progress=True)
         print(f"{layer} {spec}: flip {r.metrics['flip_rate']:.3f} "
@@ -79,11 +82,13 @@ def main() -> None:
     pts = [point(run(probe, layer, f"gaussian:std={s},fraction=1.0"), s, layer)
            for layer in LAYERS for s in (0.01, 0.02, 0.03, 0.04, 0.05)]
     res["noise_sigma"] = {"x": "sigma", "points": pts}
+    save()
     save_sweep_png(out / "flip_vs_sigma.png", res["noise_sigma"], "Gaussian noise on every image")
 
     pts = [point(run(probe, "layer4", f"gaussian:std=0.05,fraction={p}"), p, "layer4")
            for p in (0.05, 0.1, 0.25, 0.5, 1.0)]
     res["noise_fraction"] = {"x": "fraction", "points": pts}
+    save()
     save_sweep_png(out / "flip_vs_fraction.png", res["noise_fraction"],
                    "Gaussian σ=0.05 on a poisoned fraction of the probe (layer4)")
 
@@ -96,6 +101,7 @@ def main() -> None:
                                  f"pgd:eps={k}/255,steps=10,targeted=true,target={args.target}",
                                  pgd_cfg), k / 255, f"{layer} targeted"))
     res["pgd_eps"] = {"x": "eps", "points": pts}
+    save()
     save_sweep_png(out / "flip_vs_eps.png", res["pgd_eps"], "Designed PGD (Eq. 9) per unit")
 
     pgd6 = run(pgd_probe, "layer4", "pgd:eps=6/255,steps=10", pgd_cfg)
@@ -104,6 +110,7 @@ def main() -> None:
                  device=device, cache_dir=cache, units=attacked)
     res["pgd_vs_bernoulli"] = {"units": attacked, "pgd": point(pgd6, 6 / 255, "pgd"),
                                "bernoulli": point(bern, 6 / 255, "bernoulli")}
+    save()
 
     res["fgsm"] = {}
     for layer in LAYERS:
@@ -113,10 +120,11 @@ def main() -> None:
                               **point(r, 2 / 255, layer)}
         save_detector_share_png(out / f"fgsm_detector_share_{layer}.png", r.metrics,
                                 f"Detector share clean vs FGSM ε=2/255 ({layer})")
+    save()
     if not args.no_milan:
         res["milan"] = milan_findings(model, probe, pgd_probe, args, device, out)
     res["seconds"] = round(time.perf_counter() - t0, 1)
-    (out / "findings.json").write_text(json.dumps(res, indent=1))
+    save()
     (out / "findings.md").write_text(markdown(res))
     print(markdown(res))
 
