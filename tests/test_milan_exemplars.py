@@ -123,40 +123,52 @@ def test_units_subset_and_images():
     assert torch.equal(both.indices, full.indices[[0, 3]])
 
 
-@settings(max_examples=25, deadline=None)
-@given(st.integers(0, 10_000), st.integers(1, 4))
-def test_update_exemplars_matches_recompute(seed, n_att):
-    """Per-unit poisoning of a unit's top images, updated from the kept state, equals a full
-    recomputation on that unit's own poisoned probe."""
+def _attack_top_images(seed, n_att, depth_extra, slack, rows, lower):
+    """A clean state on random activations, and an "attack" that multiplies each row's
+    first ``n_att`` exemplars' maps by ``lower(shape)``: the inputs of update_exemplars, and
+    each row's own poisoned activations for the brute-force reference."""
     g = torch.Generator().manual_seed(seed)
     n, u, k = 25, 3, 4
     acts = torch.rand(n, u, 2, 3, generator=g) * 3
-    probe = ActsProbe(acts, (4, 6))
     cfg = ExemplarConfig(k=k, batch_size=6)
-    clean = compute_exemplars(Identity(), "feat", probe, cfg, keep_state=True,
-                              depth=k + n_att, slack=4.0)
-    rows = [0, 2]
+    clean = compute_exemplars(Identity(), "feat", ActsProbe(acts, (4, 6)), cfg,
+                              keep_state=True, depth=k + depth_extra, slack=slack)
     changed = torch.zeros(len(rows), n, dtype=torch.bool)
     new_maps, new_rows, new_images, poisoned = [], [], [], []
     for i, r in enumerate(rows):
         imgs = clean.indices[r, :n_att]
         changed[i, imgs] = True
-        m = acts[imgs, r] * torch.rand(len(imgs), 1, 1, generator=g)  # the attack lowers them
+        m = acts[imgs, r] * lower((len(imgs), 1, 1), g)
         new_maps.append(m)
         new_rows += [i] * len(imgs)
         new_images.append(imgs)
         mod = acts.clone()
         mod[imgs, r] = m
         poisoned.append(mod)
-    out, inexact = update_exemplars(clean, rows, changed, torch.cat(new_maps),
-                                    torch.tensor(new_rows), torch.cat(new_images))
-    assert not inexact.any()
+    inputs = (changed, torch.cat(new_maps), torch.tensor(new_rows), torch.cat(new_images))
+    return clean, cfg, inputs, poisoned
+
+
+def _assert_equals_brute_force(out, rows, cfg, poisoned):
     for i, r in enumerate(rows):
         ref = compute_exemplars(Identity(), "feat", ActsProbe(poisoned[i], (4, 6)), cfg,
                                 units=[r])
         assert torch.equal(out.indices[i], ref.indices[0])
         assert torch.allclose(out.thresholds[i], ref.thresholds[0], atol=1e-6)
         assert torch.equal(out.masks[i], ref.masks[0])
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 4))
+def test_update_exemplars_matches_recompute(seed, n_att):
+    """Per-unit poisoning of a unit's top images, updated from the kept state, equals a full
+    recomputation on that unit's own poisoned probe."""
+    rows = [0, 2]
+    clean, cfg, inputs, poisoned = _attack_top_images(
+        seed, n_att, n_att, 4.0, rows, lambda shape, g: torch.rand(shape, generator=g))
+    out, inexact = update_exemplars(clean, rows, *inputs)
+    assert not inexact.any()
+    _assert_equals_brute_force(out, rows, cfg, poisoned)
 
 
 @settings(max_examples=25, deadline=None)
@@ -164,37 +176,14 @@ def test_update_exemplars_matches_recompute(seed, n_att):
 def test_recompute_is_exact_where_the_kept_state_is_not(seed, n_att):
     """A state with no spare candidates (depth = k, slack 1) cannot follow an attack that
     sinks a unit's top images; recompute_exemplars then gives the full recomputation."""
-    g = torch.Generator().manual_seed(seed)
-    n, u, k = 25, 3, 4
-    acts = torch.rand(n, u, 2, 3, generator=g) * 3
-    probe = ActsProbe(acts, (4, 6))
-    cfg = ExemplarConfig(k=k, batch_size=6)
-    clean = compute_exemplars(Identity(), "feat", probe, cfg, keep_state=True, depth=k,
-                              slack=1.0)
     rows = [1, 2]
-    changed = torch.zeros(len(rows), n, dtype=torch.bool)
-    new_maps, new_rows, new_images, poisoned = [], [], [], []
-    for i, r in enumerate(rows):
-        imgs = clean.indices[r, :n_att]
-        changed[i, imgs] = True
-        m = acts[imgs, r] * 0.01  # far below every other image
-        new_maps.append(m)
-        new_rows += [i] * len(imgs)
-        new_images.append(imgs)
-        mod = acts.clone()
-        mod[imgs, r] = m
-        poisoned.append(mod)
-    maps, nrows, nimgs = torch.cat(new_maps), torch.tensor(new_rows), torch.cat(new_images)
-    _, inexact = update_exemplars(clean, rows, changed, maps, nrows, nimgs)
+    clean, cfg, inputs, poisoned = _attack_top_images(
+        seed, n_att, 0, 1.0, rows, lambda shape, g: torch.full(shape, 0.01))
+    _, inexact = update_exemplars(clean, rows, *inputs)
     assert inexact.all()  # the kept state lost track: nothing to rank the new top k from
-    out = recompute_exemplars(Identity(), clean, rows, maps, nrows, nimgs)
+    out = recompute_exemplars(Identity(), clean, rows, *inputs[1:])
     assert out.units.tolist() == rows
-    for i, r in enumerate(rows):
-        ref = compute_exemplars(Identity(), "feat", ActsProbe(poisoned[i], (4, 6)), cfg,
-                                units=[r])
-        assert torch.equal(out.indices[i], ref.indices[0])
-        assert torch.allclose(out.thresholds[i], ref.thresholds[0], atol=1e-6)
-        assert torch.equal(out.masks[i], ref.masks[0])
+    _assert_equals_brute_force(out, rows, cfg, poisoned)
 
 
 def test_unit_out_of_range_is_named():

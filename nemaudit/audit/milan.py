@@ -198,15 +198,13 @@ def audit_milan(model: torch.nn.Module, layer: str, probe: ProbeDataset,
     bundled offline MILAN); ``scorer(candidates, references) -> F1 [N]`` defaults to
     MiniLM F1-BERT; pass ``config.threshold`` whenever you change the scorer.
     """
-    from nemaudit.corrupt.spec import parse_corruption
+    from nemaudit.corrupt.spec import bound_corruption
     from nemaudit.explain.milan.bertscore import DEFAULT_THRESHOLD, f1_bert
 
     t0 = time.perf_counter()
     config = config or MilanAuditConfig()
     device = torch.device(device)
-    if isinstance(corruption, str):
-        corruption = parse_corruption(corruption)
-    corruption.bind(probe)
+    corruption = bound_corruption(corruption, probe)
     if describer is None:
         from nemaudit.explain.milan.describer import default_describer
 

@@ -316,14 +316,12 @@ def audit(model: torch.nn.Module, layer: str, probe: ProbeDataset,
           device: torch.device | str = "cpu", cache_dir: str | None = None,
           units: Sequence[int] | None = None, progress: bool = False) -> AuditResult:
     """Dissect ``layer`` clean and corrupted and return the per-unit diff and metrics."""
-    from nemaudit.corrupt.spec import parse_corruption
+    from nemaudit.corrupt.spec import bound_corruption
 
     t0 = time.perf_counter()
     config = config or AuditConfig()
     device = torch.device(device)
-    if isinstance(corruption, str):
-        corruption = parse_corruption(corruption)
-    corruption.bind(probe)
+    corruption = bound_corruption(corruption, probe)
     base = clean_baseline(model, layer, probe, config, device, BaselineCache(cache_dir), progress)
     if getattr(corruption, "shared", True):
         if units is not None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from nemaudit.corrupt.base import Corruption, resolve_concept, validate_units
 from nemaudit.errors import SpecError
+from nemaudit.probe.base import ProbeDataset
 
 __all__ = ["KINDS", "corruption_class", "parse_corruption", "resolve_concept", "valid_keys",
            "validate_units"]
@@ -128,3 +129,11 @@ def parse_corruption(spec: str) -> Corruption:
         return cls(**kwargs)
     except SpecError as e:
         raise SpecError(f"{e} (in corruption spec {spec!r})") from None
+
+
+def bound_corruption(corruption: Corruption | str, probe: ProbeDataset) -> Corruption:
+    """A corruption (or its spec string) bound to ``probe``: what every audit starts from."""
+    if isinstance(corruption, str):
+        corruption = parse_corruption(corruption)
+    corruption.bind(probe)
+    return corruption
