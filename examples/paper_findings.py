@@ -10,7 +10,12 @@ Writes figures (PNG), ``findings.json`` and ``findings.md`` (the table the READM
 4. designed PGD vs Bernoulli noise at equal ε = 6/255, layer4, same units;
 5. detector share per category clean vs FGSM (ε = 2/255) — the Xie table;
 6. MILAN descriptions per layer under noise (σ = 0.02, 0.05) and the per-unit designed attack
-   (Eq. 9 with Eq. 8 masks, ε ∈ {2, 4, 6}/255): F1-BERT mean ± std, share manipulated.
+   (Eq. 9 with Eq. 8 masks, ε ∈ {2, 4, 6}/255): F1-BERT mean ± std, share manipulated;
+7. the reference's storage artifact: its noisy probes were saved as JPEG (quality 75), so its
+   "noise" was noise + JPEG. JPEG alone and σ = 0.02 + JPEG, per layer.
+
+``--sections noise,fraction,pgd,bernoulli,fgsm,milan,jpeg`` runs some of them; ``--merge``
+adds them to an existing ``findings.json`` (the tables are written from everything in it).
 
 Flip rates are reported over all units and over clean detectors (units at IoU ≥ 0.04):
 over all units they mostly count near-ties among non-detectors.
@@ -32,6 +37,7 @@ from nemaudit.probe.memory import InMemoryProbe
 from nemaudit.report.plots import save_detector_share_png, save_sweep_png
 
 LAYERS = ["layer2", "layer3", "layer4"]
+SECTIONS = ("noise", "fraction", "pgd", "bernoulli", "fgsm", "milan", "jpeg")
 
 
 def point(r, x, series):
@@ -56,8 +62,15 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--milan-units", type=int, default=16,
                     help="units attacked per layer by the MILAN designed attack")
-    ap.add_argument("--no-milan", action="store_true", help="skip the MILAN audits")
+    ap.add_argument("--sections", default=",".join(SECTIONS),
+                    help=f"comma-separated subset of {','.join(SECTIONS)}")
+    ap.add_argument("--merge", action="store_true",
+                    help="add the results to the existing findings.json in --out")
     args = ap.parse_args()
+    todo = [x.strip() for x in args.sections.split(",") if x.strip()]
+    bad = [x for x in todo if x not in SECTIONS]
+    if bad:
+        ap.error(f"unknown section(s) {bad}; valid: {', '.join(SECTIONS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
@@ -67,7 +80,11 @@ def main() -> None:
     cfg = AuditConfig()
     pgd_cfg = AuditConfig(max_units=args.max_units)
     cache = ".nemaudit-cache"
-    res: dict = {"settings": vars(args) | {"device": str(device), "torch": torch.__version__}}
+    res: dict = {}
+    if args.merge and (out / "findings.json").is_file():
+        res = json.loads((out / "findings.json").read_text())
+    res.setdefault("runs", []).append(vars(args) | {"device": str(device),
+                                                    "torch": torch.__version__})
     t0 = time.perf_counter()
 
     def save() -> None:  # after every section: a long run that stops keeps what it measured
@@ -79,19 +96,60 @@ def main() -> None:
               f"(detectors {r.metrics['flip_rate_detectors']}) in {r.meta['seconds']:.1f}s")
         return r
 
-    pts = [point(run(probe, layer, f"gaussian:std={s},fraction=1.0"), s, layer)
-           for layer in LAYERS for s in (0.01, 0.02, 0.03, 0.04, 0.05)]
-    res["noise_sigma"] = {"x": "sigma", "points": pts}
-    save()
-    save_sweep_png(out / "flip_vs_sigma.png", res["noise_sigma"], "Gaussian noise on every image")
+    if "noise" in todo:
+        pts = [point(run(probe, layer, f"gaussian:std={s},fraction=1.0"), s, layer)
+               for layer in LAYERS for s in (0.01, 0.02, 0.03, 0.04, 0.05)]
+        res["noise_sigma"] = {"x": "sigma", "points": pts}
+        save()
+        save_sweep_png(out / "flip_vs_sigma.png", res["noise_sigma"],
+                       "Gaussian noise on every image")
 
-    pts = [point(run(probe, "layer4", f"gaussian:std=0.05,fraction={p}"), p, "layer4")
-           for p in (0.05, 0.1, 0.25, 0.5, 1.0)]
-    res["noise_fraction"] = {"x": "fraction", "points": pts}
-    save()
-    save_sweep_png(out / "flip_vs_fraction.png", res["noise_fraction"],
-                   "Gaussian σ=0.05 on a poisoned fraction of the probe (layer4)")
+    if "fraction" in todo:
+        pts = [point(run(probe, "layer4", f"gaussian:std=0.05,fraction={p}"), p, "layer4")
+               for p in (0.05, 0.1, 0.25, 0.5, 1.0)]
+        res["noise_fraction"] = {"x": "fraction", "points": pts}
+        save()
+        save_sweep_png(out / "flip_vs_fraction.png", res["noise_fraction"],
+                       "Gaussian σ=0.05 on a poisoned fraction of the probe (layer4)")
 
+    if "pgd" in todo:
+        pgd_section(res, run, pgd_probe, pgd_cfg, args, out)
+        save()
+    if "bernoulli" in todo:
+        pgd6 = run(pgd_probe, "layer4", "pgd:eps=6/255,steps=10", pgd_cfg)
+        attacked = [r["unit"] for r in pgd6.rows]
+        bern = audit(model, "layer4", pgd_probe, "bernoulli:std=6/255,fraction=1.0", cfg,
+                     device=device, cache_dir=cache, units=attacked)
+        res["pgd_vs_bernoulli"] = {"units": attacked, "pgd": point(pgd6, 6 / 255, "pgd"),
+                                   "bernoulli": point(bern, 6 / 255, "bernoulli")}
+        save()
+    if "fgsm" in todo:
+        res["fgsm"] = {}
+        for layer in LAYERS:
+            r = run(probe, layer, "fgsm:eps=2/255,fraction=1.0")
+            res["fgsm"][layer] = {"xie_table": r.metrics["xie_table"],
+                                  "detector_share": r.metrics["detector_share"],
+                                  **point(r, 2 / 255, layer)}
+            save_detector_share_png(out / f"fgsm_detector_share_{layer}.png", r.metrics,
+                                    f"Detector share clean vs FGSM ε=2/255 ({layer})")
+        save()
+    if "milan" in todo:
+        res["milan"] = milan_findings(model, probe, pgd_probe, args, device, out)
+        save()
+    if "jpeg" in todo:
+        res["jpeg"] = {"points": [point(run(probe, layer, spec), 75, f"{layer} {name}")
+                                  for layer in LAYERS
+                                  for name, spec in (("jpeg", "jpeg:quality=75"),
+                                                     ("gaussian+jpeg",
+                                                      "gaussian:std=0.02,jpeg=75"))]}
+        save()
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    save()
+    (out / "findings.md").write_text(markdown(res))
+    print(markdown(res))
+
+
+def pgd_section(res, run, pgd_probe, pgd_cfg, args, out):
     pts = []
     for layer in LAYERS:
         for k in (2, 4, 6):
@@ -101,32 +159,7 @@ def main() -> None:
                                  f"pgd:eps={k}/255,steps=10,targeted=true,target={args.target}",
                                  pgd_cfg), k / 255, f"{layer} targeted"))
     res["pgd_eps"] = {"x": "eps", "points": pts}
-    save()
     save_sweep_png(out / "flip_vs_eps.png", res["pgd_eps"], "Designed PGD (Eq. 9) per unit")
-
-    pgd6 = run(pgd_probe, "layer4", "pgd:eps=6/255,steps=10", pgd_cfg)
-    attacked = [r["unit"] for r in pgd6.rows]
-    bern = audit(model, "layer4", pgd_probe, "bernoulli:std=6/255,fraction=1.0", cfg,
-                 device=device, cache_dir=cache, units=attacked)
-    res["pgd_vs_bernoulli"] = {"units": attacked, "pgd": point(pgd6, 6 / 255, "pgd"),
-                               "bernoulli": point(bern, 6 / 255, "bernoulli")}
-    save()
-
-    res["fgsm"] = {}
-    for layer in LAYERS:
-        r = run(probe, layer, "fgsm:eps=2/255,fraction=1.0")
-        res["fgsm"][layer] = {"xie_table": r.metrics["xie_table"],
-                              "detector_share": r.metrics["detector_share"],
-                              **point(r, 2 / 255, layer)}
-        save_detector_share_png(out / f"fgsm_detector_share_{layer}.png", r.metrics,
-                                f"Detector share clean vs FGSM ε=2/255 ({layer})")
-    save()
-    if not args.no_milan:
-        res["milan"] = milan_findings(model, probe, pgd_probe, args, device, out)
-    res["seconds"] = round(time.perf_counter() - t0, 1)
-    save()
-    (out / "findings.md").write_text(markdown(res))
-    print(markdown(res))
 
 
 def milan_findings(model, probe, pgd_probe, args, device, out):
@@ -164,31 +197,41 @@ def pct(v):
 
 
 def markdown(res: dict) -> str:
+    """The tables the README quotes, from whatever sections ``res`` holds."""
     lines = ["| corruption | layer | flip rate (all units) | flip rate (detectors) | other |",
              "|---|---|---|---|---|"]
-    for p in res["noise_sigma"]["points"]:
+    for p in res.get("noise_sigma", {}).get("points", []):
         lines.append(f"| Gaussian σ={p['x']} (all images) | {p['layer']} | {pct(p['flip_rate'])} | "
                      f"{pct(p['flip_rate_detectors'])} | accuracy {pct(p['accuracy_clean'])} → "
                      f"{pct(p['accuracy_corrupted'])} |")
-    for p in res["noise_fraction"]["points"]:
+    for p in res.get("jpeg", {}).get("points", []):
+        what = ("JPEG q75 alone" if p["series"].endswith(" jpeg")
+                else "Gaussian σ=0.02 + JPEG q75 (the reference's noisy probe)")
+        lines.append(f"| {what} | {p['layer']} | {pct(p['flip_rate'])} | "
+                     f"{pct(p['flip_rate_detectors'])} | accuracy {pct(p['accuracy_clean'])} → "
+                     f"{pct(p['accuracy_corrupted'])} |")
+    for p in res.get("noise_fraction", {}).get("points", []):
         lines.append(f"| Gaussian σ=0.05 on p={p['x']} | layer4 | {pct(p['flip_rate'])} | "
                      f"{pct(p['flip_rate_detectors'])} | |")
-    for p in res["pgd_eps"]["points"]:
+    for p in res.get("pgd_eps", {}).get("points", []):
         extra = (f"target hit {pct(p['targeted_success_rate'])}, "
                  if p["targeted_success_rate"] is not None else "")
         lines.append(f"| PGD {p['series'].split()[1]} ε={round(p['x'] * 255)}/255 "
                      f"({p['units']} units) | {p['layer']} | {pct(p['flip_rate'])} | "
                      f"{pct(p['flip_rate_detectors'])} | {extra}source IoU drop "
                      f"{p['mean_source_iou_drop']:.3f} |")
-    pv = res["pgd_vs_bernoulli"]
-    lines.append(f"| PGD untargeted ε=6/255 vs Bernoulli ±6/255 (same {len(pv['units'])} units) | "
-                 f"layer4 | {pct(pv['pgd']['flip_rate'])} vs {pct(pv['bernoulli']['flip_rate'])} | "
-                 f"{pct(pv['pgd']['flip_rate_detectors'])} vs "
-                 f"{pct(pv['bernoulli']['flip_rate_detectors'])} | |")
-    lines += ["", "Detector share per category, clean → FGSM ε=2/255 (Xie table):", "",
-              "| layer | " + " | ".join(["C", "T", "S", "M", "P", "O", "All"]) + " | accuracy |",
-              "|---" * 9 + "|"]
-    for layer, f in res["fgsm"].items():
+    pv = res.get("pgd_vs_bernoulli")
+    if pv:
+        lines.append(f"| PGD untargeted ε=6/255 vs Bernoulli ±6/255 (same {len(pv['units'])} "
+                     f"units) | layer4 | {pct(pv['pgd']['flip_rate'])} vs "
+                     f"{pct(pv['bernoulli']['flip_rate'])} | "
+                     f"{pct(pv['pgd']['flip_rate_detectors'])} vs "
+                     f"{pct(pv['bernoulli']['flip_rate_detectors'])} | |")
+    if res.get("fgsm"):
+        lines += ["", "Detector share per category, clean → FGSM ε=2/255 (Xie table):", "",
+                  "| layer | " + " | ".join(["C", "T", "S", "M", "P", "O", "All"]) +
+                  " | accuracy |", "|---" * 9 + "|"]
+    for layer, f in res.get("fgsm", {}).items():
         x = f["xie_table"]
         cells = [f"{pct(x['clean'].get(k))} → {pct(x['corrupted'].get(k))}"
                  for k in ("C", "T", "S", "M", "P", "O", "All")]

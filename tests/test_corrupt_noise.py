@@ -260,3 +260,37 @@ def test_describe_is_json_and_validation():
                 dict(std=float("nan"))):
         with pytest.raises(SpecError):
             GaussianNoise(**bad)
+
+
+def test_jpeg_is_the_saved_file_read_back():
+    """jpeg=Q reproduces the reference's storage: 8-bit JPEG at quality Q, decoded again."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from nemaudit.corrupt import JPEGCompression
+    from nemaudit.corrupt.noise import jpeg_roundtrip
+    from nemaudit.corrupt.spec import parse_corruption
+
+    probe = TinyProbe(6)
+    b = batches(probe, 6)[0]
+    out = jpeg_roundtrip(b.images, 75)
+    arr = (b.images[2].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=75)
+    ref = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")) / 255.0
+    assert torch.allclose(out[2], torch.tensor(ref, dtype=torch.float32).permute(2, 0, 1))
+    assert out.shape == b.images.shape and out.dtype == b.images.dtype
+    assert 0 <= float(out.min()) and float(out.max()) <= 1
+    assert float((out - b.images).abs().max()) > 0  # lossy
+    alone = JPEGCompression(75).bind(probe)(b)
+    assert torch.equal(alone, out)
+    noisy = GaussianNoise(0.02, jpeg=75, seed=3).bind(probe)(b)
+    plain = GaussianNoise(0.02, seed=3).bind(probe)(b)
+    assert torch.allclose(noisy, jpeg_roundtrip(plain, 75))
+    c = parse_corruption("gaussian:std=0.02,jpeg=75,fraction=0.5")
+    assert c.describe()["jpeg"] == 75 and parse_corruption(c.spec()).describe() == c.describe()
+    for bad in ("jpeg:quality=0", "jpeg:quality=99", "gaussian:std=0.1,jpeg=2.5"):
+        with pytest.raises(SpecError):
+            parse_corruption(bad)

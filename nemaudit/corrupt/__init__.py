@@ -19,7 +19,13 @@ from nemaudit.corrupt.base import (
     resolve_concept,
     validate_units,
 )
-from nemaudit.corrupt.noise import BernoulliNoise, GaussianNoise, NoiseCorruption, UniformNoise
+from nemaudit.corrupt.noise import (
+    BernoulliNoise,
+    GaussianNoise,
+    JPEGCompression,
+    NoiseCorruption,
+    UniformNoise,
+)
 from nemaudit.corrupt.spec import KINDS, corruption_class, parse_corruption
 
 #: names imported on first use: they need the optional torchattacks
@@ -45,6 +51,7 @@ __all__ = [
     "Corruption",
     "FGSMCorruption",
     "GaussianNoise",
+    "JPEGCompression",
     "NoiseCorruption",
     "PGDCECorruption",
     "UniformNoise",

@@ -4,31 +4,86 @@ Noise is added in [0, 1] pixel space, *before* the model's normalisation, and th
 clamped to [0, 1], as in the paper's code. Each poisoned image draws its noise from a CPU
 generator seeded by (seed, kind, dataset index): the same image gets the same noise whatever
 the batch, the order or the device.
+
+nemaudit never saves a corrupted image lossily. The reference pipeline did: it wrote its noisy
+probes as 8-bit JPEG (quality 75) and dissected those files. ``jpeg=Q`` on a noise kind, or the
+``jpeg:quality=Q`` kind alone, reproduces that on purpose, so its share of a measured flip rate
+can be told apart from the noise's.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import torch
 
 from nemaudit.corrupt.base import Corruption, check_nonneg, image_generator
+from nemaudit.errors import SpecError
 from nemaudit.probe.base import ProbeBatch
 
-__all__ = ["BernoulliNoise", "GaussianNoise", "NoiseCorruption", "UniformNoise"]
+__all__ = ["BernoulliNoise", "GaussianNoise", "JPEGCompression", "NoiseCorruption",
+           "UniformNoise", "jpeg_roundtrip"]
+
+
+def check_quality(q: int | None, key: str = "quality") -> int | None:
+    if q is None:
+        return None
+    if isinstance(q, bool) or not isinstance(q, int) or not 1 <= q <= 95:
+        raise SpecError(f"{key}={q!r} must be a JPEG quality, an integer in 1..95")
+    return int(q)
+
+
+def jpeg_roundtrip(images: torch.Tensor, quality: int) -> torch.Tensor:
+    """``[B, 3, H, W]`` in [0, 1] → what saving each as an 8-bit JPEG at ``quality`` and
+    reading it back gives (PIL's encoder, 4:2:0 chroma subsampling, as the reference's)."""
+    from PIL import Image
+
+    out = []
+    for img in images.detach().clamp(0.0, 1.0).cpu():  # one codec call per image
+        arr = (img.permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
+        buf.seek(0)
+        back = np.asarray(Image.open(buf).convert("RGB"), dtype=np.float32) / 255.0
+        out.append(torch.from_numpy(back.copy()).permute(2, 0, 1))
+    if not out:
+        return images.clone()
+    return torch.stack(out).to(device=images.device, dtype=images.dtype)
+
+
+class JPEGCompression(Corruption):
+    """x' = the 8-bit JPEG of x at ``quality``, read back: the reference's storage artifact."""
+
+    kind = "jpeg"
+    params = {"quality": int}
+    required = ("quality",)
+
+    def __init__(self, quality: int, *, fraction: float = 1.0,
+                 select: str | Iterable[int] = "random", seed: int = 0) -> None:
+        super().__init__(fraction=fraction, select=select, seed=seed)
+        self.quality = check_quality(quality)
+
+    def _corrupt(self, batch: ProbeBatch, model: torch.nn.Module | None) -> torch.Tensor:
+        return jpeg_roundtrip(batch.images, self.quality)
+
+    def settings(self) -> dict[str, Any]:
+        return {"quality": self.quality}
 
 
 class NoiseCorruption(Corruption):
     """x' = clamp(x + δ, 0, 1), δ drawn per image; subclasses define :meth:`sample`."""
 
-    params = {"std": float}
+    params = {"std": float, "jpeg": int}
     required = ("std",)
 
-    def __init__(self, std: float, *, fraction: float = 1.0,
+    def __init__(self, std: float, *, jpeg: int | None = None, fraction: float = 1.0,
                  select: str | Iterable[int] = "random", seed: int = 0) -> None:
         super().__init__(fraction=fraction, select=select, seed=seed)
         self.std = check_nonneg(std, "std")
+        self.jpeg = check_quality(jpeg, "jpeg")  # None: the noisy image stays float
 
     def sample(self, shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
         """One image's perturbation δ (float32, CPU), before clamping."""
@@ -45,10 +100,11 @@ class NoiseCorruption(Corruption):
         return torch.stack(deltas).to(device=batch.images.device, dtype=batch.images.dtype)
 
     def _corrupt(self, batch: ProbeBatch, model: torch.nn.Module | None) -> torch.Tensor:
-        return (batch.images + self.noise(batch)).clamp_(0.0, 1.0)
+        noisy = (batch.images + self.noise(batch)).clamp_(0.0, 1.0)
+        return noisy if self.jpeg is None else jpeg_roundtrip(noisy, self.jpeg)
 
     def settings(self) -> dict[str, Any]:
-        return {"std": self.std}
+        return {"std": self.std, "jpeg": self.jpeg}
 
 
 class GaussianNoise(NoiseCorruption):

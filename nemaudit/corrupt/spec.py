@@ -29,6 +29,7 @@ KINDS: dict[str, str] = {
     "gaussian": "nemaudit.corrupt.noise:GaussianNoise",
     "uniform": "nemaudit.corrupt.noise:UniformNoise",
     "bernoulli": "nemaudit.corrupt.noise:BernoulliNoise",
+    "jpeg": "nemaudit.corrupt.noise:JPEGCompression",
     "pgd": "nemaudit.corrupt.pgd:ConceptAttack",
     "fgsm": "nemaudit.corrupt.fgsm:FGSMCorruption",
     "pgd-ce": "nemaudit.corrupt.fgsm:PGDCECorruption",
