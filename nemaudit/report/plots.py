@@ -306,7 +306,8 @@ def sweep_figure(sweep: Mapping[str, Any], title: str | None = None):
         for p in points:
             if str(p["x"]) not in order:
                 order.append(str(p["x"]))
-    fig = _figure(6.4, 3.6)
+    many = len(series) > 3  # more than 6 legend entries: the legend goes beside the axes
+    fig = _figure(8.6 if many else 6.4, 3.6)
     ax = fig.add_subplot()
     colours = [f"C{i}" for i in range(10)]
     xs_all: list[float] = []
@@ -340,7 +341,9 @@ def sweep_figure(sweep: Mapping[str, Any], title: str | None = None):
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title, fontsize=10)
-    if series:
+    if series and many:
+        ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    elif series:
         ax.legend(fontsize=8, frameon=False, loc="best")
     return fig
 
