@@ -239,7 +239,7 @@ expect = "per_category_flip_rate['animal'] <= 0.5"
         "<=, <, >=, >, ==",
         f"{f} 'no corruption': field 'corruption': is required for a robustness property*",
         f"{f} 'bad corruption': field 'corruption': unknown key 'sigma' for corruption kind "
-        "'gaussian' in 'gaussian:sigma=0.1'; valid keys: std, fraction, select, seed",
+        "'gaussian' in 'gaussian:sigma=0.1'; valid keys: std, jpeg, fraction, select, seed",
         f"{f} 'bad layer': field 'layers': no layer named 'layer9' in ToyNet.*Valid layer "
         "names: conv1, *",
         f"{f} 'bad category': field 'expect': *unknown category 'animal'; this probe's "
