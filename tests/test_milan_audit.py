@@ -151,3 +151,22 @@ def test_custom_scorer_needs_a_threshold():
         audit_milan(ToyNet(), "layer2", ToyProbe(n=8), "gaussian:std=0.1",
                     describer=ParityDescriber(), scorer=exact,
                     config=MilanAuditConfig(exemplars=ExemplarConfig(k=2)))
+
+
+def test_pictures_are_kept_for_the_units_a_report_shows():
+    """Per-unit attacks keep poisoned pixels only for pictures: exactly for the units
+    milan_payload shows first (manipulated, lowest F1), wherever they are in the layer."""
+    pytest.importorskip("torchattacks")
+    from nemaudit.audit.exemplars import milan_payload
+
+    cfg = MilanAuditConfig(exemplars=ExemplarConfig(k=4, batch_size=8), threshold=0.5,
+                           unit_chunk=2, picture_units=3)
+    r = audit_milan(ToyNet(seed=1), "layer2", ToyProbe(n=24), "pgd:eps=32/255,steps=3",
+                    describer=ParityDescriber(), scorer=exact, config=cfg,
+                    units=list(range(16)))
+    doc = milan_payload(r, max_units=3, k=2)
+    shown = [e["unit"] for e in doc["exemplars"]]
+    assert set(r.context["corrupted_pixels"]) == set(shown)
+    assert all(len(e["corrupted"]) == 2 and "note" not in e for e in doc["exemplars"])
+    first = sorted(r.rows, key=lambda row: (not row["manipulated"], row["f1"]))[:3]
+    assert shown == [row["unit"] for row in first]

@@ -62,8 +62,8 @@ class MilanAuditConfig:
     unit_chunk: int = 4  # units attacked (and described) together
     max_units: int | None = None  # per-unit attacks: at most this many units, evenly spaced
     slack: float = 3.0  # quantile buffer slack kept for the exact per-unit update
-    #: per-unit attacks: keep the poisoned pixels (8-bit, for report pictures) of this many
-    #: units whose description changed (and of the first 4 units), first images only
+    #: per-unit attacks: keep the poisoned pixels (8-bit, first images only, for report
+    #: pictures) of the units a report shows first: this many, manipulated and lowest F1 first
     picture_units: int = 8
     picture_images: int = 4
 
@@ -245,6 +245,10 @@ def audit_milan(model: torch.nn.Module, layer: str, probe: ProbeDataset,
     rows = _rows(clean, corrupted, clean_text, bad_text, torch.as_tensor(f1), threshold,
                  poisoned)
     metrics = milan_metrics(rows, threshold)
+    if pictures:  # keep the units a report shows first (milan_payload's order)
+        shown = sorted(rows, key=lambda r: (not r["manipulated"], r["f1"]))
+        keep = {r["unit"] for r in shown[:config.picture_units]}
+        pictures = {u: v for u, v in pictures.items() if u in keep}
     settings = getattr(describer, "describe_settings", None)
     info.update({"seconds": round(time.perf_counter() - t0, 3),
                  "probe": getattr(probe, "name", "probe"), "images": len(probe),
@@ -326,10 +330,10 @@ def _per_unit(model: torch.nn.Module, layer: str, probe: ProbeDataset, corruptio
             part = replace(part, probe=probe, pixels=pix)
             new_texts = list(describer.describe(part))
             for i, text in enumerate(new_texts):
-                # the changed units (a report shows them first) and the first few rows (it
-                # shows those when few descriptions changed)
-                if (text != clean_text[rows[i]] and len(pictures) < config.picture_units) \
-                        or rows[i] < 4:
+                # candidates for the pictures: every changed description (F1 is not known
+                # yet; audit_milan keeps the lowest ones) and the first rows (shown when few
+                # descriptions changed)
+                if text != clean_text[rows[i]] or rows[i] < config.picture_units:
                     pictures[unit_ids[i]] = (pix[i, :config.picture_images] * 255).round().to(
                         torch.uint8)
             texts += new_texts
