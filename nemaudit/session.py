@@ -37,6 +37,7 @@ from nemaudit.spec import (
     PropertyError,
     PropertyFailed,
     PropertyItem,
+    milan_form,
     parse_expectation,
 )
 
@@ -249,48 +250,25 @@ def corruption_spec(result: AuditResult) -> str:
     return f"{kind}:" + ",".join(f"{k}={v}" for k, v in d.items() if v is not None)
 
 
-def spec_dict(spec: str) -> dict:
-    """A corruption spec string as a describe()-like dict, without importing torch (for
-    records of items that never got to build the corruption)."""
-    kind, _, rest = spec.strip().partition(":")
-    out: dict[str, Any] = {"kind": kind.strip().lower()}
-    for f in rest.split(","):
-        key, eq, value = (x.strip() for x in f.partition("="))
-        if key and eq:
-            try:
-                out[key] = int(value) if re.fullmatch(r"-?\d+", value) else float(value)
-            except ValueError:
-                out[key] = value
-    return out
-
-
 def build_sweep(results: list[AuditResult]) -> dict:
     """Several audits in one test (a loop, a hypothesis search) as the reports' sweep:
     ``{"x": <what varies>, "points": [{"x", "flip_rate", "flip_rate_detectors", "layer",
-    "series", "corruption"}]}``; x is the layer when layers differ, else the first of std,
-    eps, fraction, seed that every audit has and that varies."""
-    descs = [r.corruption for r in results]
-    xkind = "layer"
-    if len({r.layer for r in results}) == 1:
-        shared = [k for k in ("std", "eps", "fraction", "seed")
-                  if all(_is_number(d.get(k)) for d in descs)]
-        varying = [k for k in shared if len({d[k] for d in descs}) > 1]
-        xkind = (varying or shared or ["layer"])[0]
-    points = []
-    for r, d in zip(results, descs):
-        m = r.metrics
-        points.append({"x": r.layer if xkind == "layer" else d[xkind],
-                       "flip_rate": m.get("flip_rate"),
-                       "flip_rate_detectors": m.get("flip_rate_detectors"),
-                       "changed": m.get("changed"), "units": m.get("units"),
-                       "layer": r.layer, "series": d.get("kind"),
-                       "corruption": corruption_spec(r)})
-    return {"x": xkind, "points": points}
+    "series", "corruption"}]}``. The axis (layer, L∞ budget, Gaussian σ, fraction, seed — or
+    bars by corruption when none varies) is chosen where the reports choose it,
+    :func:`nemaudit.report.plots.refine_sweep`."""
+    from nemaudit.report.plots import refine_sweep  # matplotlib only when drawing
+
+    points = [{"x": None, "flip_rate": r.metrics.get("flip_rate"),
+               "flip_rate_detectors": r.metrics.get("flip_rate_detectors"),
+               "changed": r.metrics.get("changed"), "units": r.metrics.get("units"),
+               "layer": r.layer, "series": r.corruption.get("kind"),
+               "corruption": corruption_spec(r)} for r in results]
+    return refine_sweep({"x": None, "points": points})
 
 
 def metrics_of(result: AuditResult | MilanAuditResult) -> dict[str, Any]:
     """The metrics expectations read: a MILAN audit's under their ``milan.`` names."""
-    if getattr(result, "method", None) == "milan":
+    if result.method == "milan":
         return {MILAN_PREFIX + k: v for k, v in result.metrics.items()}
     return result.metrics
 
@@ -306,7 +284,7 @@ def audit_context(result: AuditResult, model: str | None, probe: str | None) -> 
 
 def change_summary(result: AuditResult | MilanAuditResult) -> str:
     m = result.metrics
-    if getattr(result, "method", None) == "milan":
+    if result.method == "milan":
         return (f"{m.get('changed', 0)}/{m.get('units', 0)} unit descriptions manipulated "
                 f"(F1-BERT ≤ {m.get('threshold', 0):.3f}; mean F1 {m.get('f1_mean', 1):.3f})")
     det = m.get("detectors") or 0
@@ -427,14 +405,15 @@ class Nemaudit:
         __tracebackhide__ = True
         from nemaudit.audit.result import Metric
 
-        e = parse_expectation(expectation)
+        text = str(expectation).strip()
+        if result.method == "milan" and not text.startswith(MILAN_PREFIX):
+            text = milan_form(text)  # bare names on a MILAN result are MILAN metrics
+        e = parse_expectation(text)
         if e.is_baseline:
             raise SpecError(f"{e.text!r}: use nemaudit.baseline(name, ...) for baselines")
-        if e.method != getattr(result, "method", "netdissect"):
-            if getattr(result, "method", None) != "milan":
-                raise SpecError(f"{e.text!r} is a MILAN metric: check it on the result of "
-                                "nemaudit.describe(...)")
-            e = parse_expectation(MILAN_PREFIX + e.text)  # bare names on a MILAN result
+        if e.method != result.method:
+            raise SpecError(f"{e.text!r} is a MILAN metric: check it on the result of "
+                            "nemaudit.describe(...)")
         ok, measured = e.evaluate(metrics_of(result))
         run = self._state.current
         if run is not None:
@@ -653,9 +632,9 @@ class NemauditState:
                            describer=describer)
         cap = max_units if max_units is not None else self.options.max_units
         d = a["describer"]
-        dkey = d if d is None or isinstance(d, str) else ("obj", id(d))
-        m, p, lay, corr, key = self._resolve(a, "describe", (cap, exemplars, f1_threshold,
-                                                             dkey))
+        m, p, lay, corr, key = self._resolve(a, "describe", (cap, exemplars, f1_threshold, d))
+        if d is not None and not isinstance(d, str):
+            key = None  # like a model or probe object: no in-memory cache
         desc = self.load_describer(d)
 
         def run() -> MilanAuditResult:
@@ -895,8 +874,10 @@ class NemauditState:
         }
         if isinstance(item, PropertyItem) and item.prop is not None:
             p = item.prop
+            from nemaudit.report.json_report import parse_spec  # stdlib only: no torch
+
             rec.update(expectation=p.expectation_text, layer=item.layer, model=p.model,
-                       probe=p.probe, corruption=spec_dict(p.corruption) if p.corruption else None)
+                       probe=p.probe, corruption=parse_spec(p.corruption) if p.corruption else None)
             if p.description:
                 rec["description"] = p.description
         if report.skipped:
@@ -924,8 +905,8 @@ class NemauditState:
             source = run.source_of(chosen)
             if len(run.expectations) > 1:
                 rec["expectations"] = run.expectations[-50:]
-        nd = [(r, s) for r, s in run.audits if getattr(r, "method", None) != "milan"]
-        milan = [(r, s) for r, s in run.audits if getattr(r, "method", None) == "milan"]
+        nd = [(r, s) for r, s in run.audits if r.method == "netdissect"]
+        milan = [(r, s) for r, s in run.audits if r.method == "milan"]
         # each slot shows its last audit, or the one the reported expectation measured;
         # the record's layer/corruption are those of the measured audit (else Network
         # Dissection's last)
@@ -959,7 +940,7 @@ class NemauditState:
             try:
                 from nemaudit.audit.exemplars import milan_payload, report_payload
 
-                if getattr(result, "method", None) == "milan":
+                if result.method == "milan":
                     return milan_payload(result, max_units=PAYLOAD_UNITS, k=PAYLOAD_IMAGES)
                 return report_payload(result, max_units=PAYLOAD_UNITS, k=PAYLOAD_IMAGES)
             except Exception as e:  # pictures must never change a verdict

@@ -463,7 +463,7 @@ def build_property(table: Any, defaults: Mapping[str, Any], index: int, file: Pa
             bare = isinstance(text, str) and not text.strip().startswith(MILAN_PREFIX) \
                 and text.strip() != BASELINE
             e = parse_expectation(text if method != "milan" or not bare
-                                  else _milan_form(text, label))
+                                  else milan_form(text))
         except ExpectationError as err:
             raise PropertyError(str(err), file=file, prop=label, field="expect") from None
         expects.append(e)
@@ -506,15 +506,15 @@ def build_property(table: Any, defaults: Mapping[str, Any], index: int, file: Pa
         describer=merged.get("describer"), raw=dict(table))
 
 
-def _milan_form(text: str, prop: str) -> str:
-    """With ``method = "milan"``: ``"manipulated_rate <= 0.1"`` →
-    ``"milan.manipulated_rate <= 0.1"`` (bare names are MILAN metrics)."""
+def milan_form(text: str) -> str:
+    """``"manipulated_rate <= 0.1"`` → ``"milan.manipulated_rate <= 0.1"``: where bare names
+    mean MILAN metrics (``method = "milan"``, or a check on a MILAN result)."""
     m = _NAME_RE.match(text.strip())
     if m and m.group() not in MILAN_METRICS:
         raise ExpectationError(
-            f"{text.strip()!r}: with method = \"milan\" metric names are MILAN metrics, and "
-            f"{m.group()!r} is not one; MILAN metrics: {', '.join(MILAN_METRICS)} (Network "
-            "Dissection metrics go in a property without method = \"milan\")")
+            f"{text.strip()!r}: metric names here are MILAN metrics, and {m.group()!r} is not "
+            f"one; MILAN metrics: {', '.join(MILAN_METRICS)} (Network Dissection metrics go "
+            "in a property without method = \"milan\", or on a nemaudit.audit(...) result)")
     return MILAN_PREFIX + text.strip()
 
 

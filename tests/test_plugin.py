@@ -405,6 +405,13 @@ def test_describe_fails(nemaudit):
                           exemplars=4, describer="python:toys.py:BrightnessDescriber()",
                           f1_threshold=0.999, **TOY)
     assert r.manipulated_rate <= 0.25
+
+def test_expect_on_a_milan_result(nemaudit):
+    r = nemaudit.describe(layer="layer2", corruption="gaussian:std=0.3", units=[0, 1, 2, 3],
+                          exemplars=4, describer="python:toys.py:BrightnessDescriber()",
+                          f1_threshold=0.999, **TOY)
+    assert nemaudit.expect(r, "manipulated_rate <= 0.5") == 0.5  # bare: MILAN's
+    assert nemaudit.expect(r, "milan.changed == 2") == 2
 """
 
 
@@ -415,7 +422,7 @@ def test_milan_properties_describe_clean_and_corrupted(project):
     project.makepyfile(test_milan=MILAN_PY)
     result = project.runpytest_inprocess("--nemaudit", "--nemaudit-json", "out/r.json",
                                          "--nemaudit-html", "out/r.html")
-    result.assert_outcomes(passed=1, failed=2, errors=1)
+    result.assert_outcomes(passed=2, failed=2, errors=1)
     result.stdout.fnmatch_lines([
         "*_ nemaudit property words under noise[[]layer2[]] _*",
         "milan.manipulated_rate <= 0.25 does not hold: measured 0.5, bound 0.25",

@@ -10,9 +10,9 @@ import re
 import pytest
 
 from nemaudit.report import html as html_report
+from nemaudit.report.json_report import parse_spec
 from nemaudit.report.plots import (
     corruption_axes,
-    parse_spec,
     refine_sweep,
     session_sweeps,
     sweep_is_degenerate,

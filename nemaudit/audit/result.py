@@ -54,7 +54,6 @@ class Metric(float):
     __lt__ = _comparison("<", "__lt__")
     __ge__ = _comparison(">=", "__ge__")
     __gt__ = _comparison(">", "__gt__")
-    __hash__ = float.__hash__
 
 
 def _rate(flags: list[bool]) -> float | None:

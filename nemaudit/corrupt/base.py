@@ -382,8 +382,8 @@ class Corruption:
 
 
 def _fmt(v: Any) -> str:
-    """Spec text for a value; a float that is k/255 to within rounding reads as ``k/255``
-    (ε and noise budgets are written that way) and parses back to the same float."""
+    """Spec text for a value; a float that is exactly ``k/255`` and no short decimal reads
+    as ``k/255`` (ε and noise budgets are written that way) and parses back the same."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, float) and 0 < v < 1:

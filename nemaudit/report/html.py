@@ -27,11 +27,11 @@ from nemaudit.report.json_report import (
     fmt_eps,
     fmt_num,
     fmt_pct,
+    parse_spec,
     summarize,
 )
 from nemaudit.report.plots import (
     X_LABELS,
-    parse_spec,
     refine_sweep,
     session_sweeps,
     sweep_is_degenerate,

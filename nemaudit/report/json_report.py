@@ -24,6 +24,7 @@ import json
 import math
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -147,6 +148,31 @@ def fmt_eps(v: Any) -> str:
 
 
 _SKIP_KEYS = {"kind", "shared", "seed", "select"}
+
+
+def parse_spec(spec: str) -> dict[str, Any]:
+    """A corruption spec string (``"pgd:eps=4/255,steps=10"``: sweep points and spec files carry
+    them) as a describe()-like dict, without importing torch: ints, floats, ``k/255``,
+    booleans, else text."""
+    kind, _, rest = str(spec).strip().partition(":")
+    out: dict[str, Any] = {"kind": kind.strip().lower()}
+    for field in rest.split(","):
+        key, eq, value = (x.strip() for x in field.partition("="))
+        if not (key and eq):
+            continue
+        ratio = re.fullmatch(r"(\d+(?:\.\d*)?)\s*/\s*(\d+(?:\.\d*)?)", value)
+        if value.lower() in ("true", "false"):
+            out[key] = value.lower() == "true"
+        elif re.fullmatch(r"[+-]?\d+", value):
+            out[key] = int(value)
+        elif ratio and float(ratio.group(2)):
+            out[key] = float(ratio.group(1)) / float(ratio.group(2))
+        else:
+            try:
+                out[key] = float(value)
+            except ValueError:
+                out[key] = value
+    return out
 
 
 def corruption_text(c: Mapping[str, Any] | None) -> str:

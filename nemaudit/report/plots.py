@@ -12,10 +12,11 @@ import io
 import json
 import math
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from nemaudit.report.json_report import parse_spec
 
 #: x-axis labels for the sweep kinds the plugin produces
 X_LABELS = {"sigma": "noise σ", "std": "noise σ", "eps": "ε (L∞ budget)",
@@ -65,30 +66,6 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def parse_spec(spec: str) -> dict[str, Any]:
-    """A corruption spec string (``"pgd:eps=0.0157,steps=10"``, as sweep points carry it) as a
-    describe()-like dict, without importing torch: ints, floats, ``k/255``, booleans, else text."""
-    kind, _, rest = str(spec).strip().partition(":")
-    out: dict[str, Any] = {"kind": kind.strip().lower()}
-    for field in rest.split(","):
-        key, eq, value = (x.strip() for x in field.partition("="))
-        if not (key and eq):
-            continue
-        ratio = re.fullmatch(r"(\d+(?:\.\d*)?)\s*/\s*(\d+(?:\.\d*)?)", value)
-        if value.lower() in ("true", "false"):
-            out[key] = value.lower() == "true"
-        elif re.fullmatch(r"[+-]?\d+", value):
-            out[key] = int(value)
-        elif ratio and float(ratio.group(2)):
-            out[key] = float(ratio.group(1)) / float(ratio.group(2))
-        else:
-            try:
-                out[key] = float(value)
-            except ValueError:
-                out[key] = value
-    return out
-
-
 def _as_dict(c: Any) -> dict[str, Any]:
     if isinstance(c, Mapping):
         return dict(c)
@@ -132,12 +109,12 @@ def sweep_is_degenerate(sweep: Mapping[str, Any]) -> bool:
 
 
 def refine_sweep(sweep: Mapping[str, Any]) -> dict[str, Any]:
-    """A per-test sweep on an axis that varies. ``session.build_sweep`` takes the first of std,
-    eps, fraction, seed that every audit *has*, so PGD at ε=4/255 beside Bernoulli ±4/255 lands
-    on x=fraction with one value. When x has one value, try the layer, the L∞ budget (attacks'
-    ε and ±std noise share it), Gaussian σ, the fraction and the seed; when none varies, label
-    each point by its corruption for the bar chart and note in ``same`` what the points share
-    (``{"linf": 4/255, "fraction": 1.0, "layer": "layer4"}``)."""
+    """A per-test sweep on an axis that varies (``session.build_sweep`` passes its points with
+    no x; sweeps saved by older versions may carry one that does not vary, e.g. PGD at ε=4/255
+    beside Bernoulli ±4/255 on x=fraction). When x has one value, try the layer, the L∞ budget
+    (attacks' ε and ±std noise share it), Gaussian σ, the fraction and the seed; when none
+    varies, label each point by its corruption for the bar chart and note in ``same`` what the
+    points share (``{"linf": 4/255, "fraction": 1.0, "layer": "layer4"}``)."""
     points = [dict(p) for p in sweep.get("points") or []]
     out = dict(sweep, points=points)
     cs = [_as_dict(p.get("corruption")) or {"kind": p.get("series")} for p in points]

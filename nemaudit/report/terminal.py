@@ -49,11 +49,6 @@ _SYMBOL = {"<=": "≤", ">=": "≥", "<": "<", ">": ">", "==": "=", "!=": "≠"}
 _NEGATED = {"<=": ">", ">=": "<", "<": "≥", ">": "≤", "==": "≠", "!=": "="}
 
 
-def _holds(measured: float, op: str, bound: float) -> bool:
-    return {"<=": measured <= bound, ">=": measured >= bound, "<": measured < bound,
-            ">": measured > bound, "==": measured == bound, "!=": measured != bound}[op]
-
-
 def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -81,7 +76,10 @@ def result_text(record: Mapping[str, Any], digits: int = 3) -> str:
         return f"flip {fmt_pct(flip)}" if _number(flip) else "—"
     if not _number(measured):
         return f"undefined {_SYMBOL[m['op']]} {fmt_num(bound, digits)}"
-    sym = _SYMBOL[m["op"]] if _holds(measured, m["op"], bound) else _NEGATED[m["op"]]
+    from nemaudit.spec import OPS  # the expectation grammar's own comparisons
+
+    holds = OPS[m["op"]](measured, bound) if m["op"] in OPS else measured != bound
+    sym = _SYMBOL[m["op"]] if holds else _NEGATED[m["op"]]
     return f"{fmt_num(measured, digits)} {sym} {fmt_num(bound, digits)}"
 
 
