@@ -119,6 +119,7 @@ def test_units_subset_and_images():
     imgs = full.images([1])
     assert imgs.shape == (1, 3, 4, 3, 3)
     assert torch.equal(imgs[0, 0], acts[full.indices[1, 0]])
+    assert torch.equal(full.images([1], first=2), imgs[:, :2])
     both = Exemplars.concat([full.subset([0]), full.subset([3])])
     assert torch.equal(both.indices, full.indices[[0, 3]])
 

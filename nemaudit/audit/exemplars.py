@@ -126,14 +126,16 @@ def milan_payload(result, max_units: int = 4, k: int = 3) -> dict:
                                                     rows[i]["f1"]))[:max_units]
     kept = (result.context or {}).get("corrupted_pixels")
     k = min(k, clean.k)
-    clean_images = clean.images(shown)[:, :k]
+    clean_images = clean.images(shown, first=k)
+    # shared corruption: the corrupted exemplars are re-read through it, in one batch
+    shared_images = bad.images(shown, first=k) if kept is None else None
     out = []
     for pos, i in enumerate(shown):
         entry = {"unit": int(rows[i]["unit"]),
                  "clean": _strip(clean_images[pos], clean.masks[i, :k],
                                  clean.indices[i, :k].tolist(), clean.maxes[i, :k].tolist())}
-        if kept is None:  # shared corruption: the corrupted exemplars re-read corrupted
-            bad_images = bad.images([i])[0, :k]
+        if shared_images is not None:
+            bad_images = shared_images[pos]
         else:
             pix = kept.get(int(rows[i]["unit"]))
             bad_images = None if pix is None else pix[:k].float() / 255

@@ -192,12 +192,14 @@ class Exemplars:
         with torch.enable_grad():
             return self.transform(batch).detach().cpu()
 
-    def images(self, rows: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
-        """The rows' exemplar images ``[r, k, 3, H, W]`` in [0, 1] (what a captioner sees)."""
+    def images(self, rows: Sequence[int] | torch.Tensor | None = None,
+               first: int | None = None) -> torch.Tensor:
+        """The rows' exemplar images ``[r, k, 3, H, W]`` in [0, 1] (what a captioner sees);
+        ``first``: only each row's top ``first`` exemplars (pictures need a few)."""
         r = torch.arange(len(self)) if rows is None else torch.as_tensor(rows, dtype=torch.int64)
         if self.pixels is not None:
-            return self.pixels[r]
-        idx = self.indices[r].cpu()
+            return self.pixels[r][:, :first]
+        idx = self.indices[r][:, :first].cpu()
         uniq, inv = torch.unique(idx.flatten(), return_inverse=True)
         imgs = self.load(uniq)
         return imgs[inv].reshape(*idx.shape, *imgs.shape[1:])
