@@ -20,12 +20,12 @@ import torch
 def pgd_throughput(model, probe, layer, args, device):
     import torchattacks
 
-    from nemaudit.audit.run import AuditConfig, clean_baseline
+    from nemaudit.audit.netdissect.run import AuditConfig, clean_run
     from nemaudit.corrupt.pgd import attack_units, untargeted_targets
-    from nemaudit.explain.activations import probe_loader
+    from nemaudit.explain.common.activations import probe_loader
     from nemaudit.explain.netdissect import DissectConfig
 
-    base = clean_baseline(model, layer, probe, AuditConfig(dissect=DissectConfig()), device)
+    base = clean_run(model, layer, probe, AuditConfig(dissect=DissectConfig()), device)
     labels, _ = base.dissection.best()
     units = (labels > 0).nonzero().flatten()[: args.units].tolist()
     targets = untargeted_targets(base.dissection.iou().cpu(), labels.cpu())

@@ -20,7 +20,7 @@ import torch
 
 
 def _forward_time(model, probe, layer, batch_size, device, to_layer):
-    from nemaudit.explain.activations import probe_loader
+    from nemaudit.explain.common.activations import probe_loader
     from nemaudit.model.layers import LayerRecorder
 
     loader = probe_loader(probe, batch_size)

@@ -19,3 +19,8 @@ class ActivationError(NemauditError):
 
 class SpecError(NemauditError):
     """A property, corruption or CLI spec is malformed (names the field and what is allowed)."""
+
+
+class NormalizeSpecError(ModelSpecError, SpecError):
+    """A normalisation spec is malformed: a model setting written as a spec, so handlers of
+    either kind catch it."""

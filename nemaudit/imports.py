@@ -2,19 +2,23 @@
 
 One place for the rules the model, probe and describer specs share: a file is imported under
 a name derived from its resolved path, so a file named by several specs is imported once, and
-every failure is a :class:`~nemaudit.errors.NemauditError` that quotes the spec.
+every failure is a :class:`~nemaudit.errors.NemauditError` that quotes the spec. The
+``python:<module or path.py>:<callable>(...)`` form of probe and describer specs is read here.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
 import importlib.util
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
-from nemaudit.errors import NemauditError
+from nemaudit.errors import NemauditError, SpecError
 
 
 def import_target(target: str, spec: str, what: str, error: type[NemauditError] = NemauditError,
@@ -47,3 +51,43 @@ def import_target(target: str, spec: str, what: str, error: type[NemauditError] 
     except Exception as e:
         raise error(f"{what} spec {spec!r}: importing {target!r} raised "
                     f"{type(e).__name__}: {e}") from e
+
+
+def _literal_kwargs(args: str, spec: str, what: str) -> dict[str, Any]:
+    if not args.strip():
+        return {}
+    try:
+        call = ast.parse(f"f({args})", mode="eval").body
+        assert isinstance(call, ast.Call) and not call.args
+        kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+        if None in kwargs:
+            raise ValueError
+    except (SyntaxError, ValueError, AssertionError):
+        raise SpecError(f"{what} spec {spec!r}: arguments must be literal keywords, e.g. "
+                        "python:mymodule:make_probe(n=100)") from None
+    return kwargs
+
+
+def load_python_object(spec: str, what: str) -> Any:
+    """``python:<module or path.py>:<callable>[(key=literal, ...)]`` → what the callable
+    returns (a probe, a describer …; ``what`` names it in messages). Arguments are literals
+    only, never code. A spec that cannot be read or imported is a SpecError quoting it; what
+    the callable itself raises propagates."""
+    body = spec.strip().partition(":")[2].strip()
+    if ".py:" in body:  # a file path may itself contain ':' (Windows drive letters)
+        cut = body.index(".py:") + 3
+        target, call = body[:cut], body[cut + 1:]
+    else:
+        head = body.split("(", 1)[0]
+        target, _, fname = head.rpartition(":")
+        call = fname + body[len(head):]
+    m = re.fullmatch(r"\s*([A-Za-z_][\w.]*)\s*(?:\((.*)\))?\s*", call, re.S)
+    if not target or not m:
+        raise SpecError(f"{what} spec {spec!r}: expected python:<module or path.py>:<callable>"
+                        "[(key=value, ...)]")
+    obj: Any = import_target(target, spec, what, SpecError)
+    for part in m.group(1).split("."):
+        if not hasattr(obj, part):
+            raise SpecError(f"{what} spec {spec!r}: {target} has no attribute {m.group(1)!r}")
+        obj = getattr(obj, part)
+    return obj(**_literal_kwargs(m.group(2) or "", spec, what))

@@ -1,8 +1,9 @@
 """pytest plugin entry point (``pytest11``): ``pytest --nemaudit`` turns audits on.
 
-Hooks only (as in syrupy): options and state live in :mod:`nemaudit.session`, spec files in
-:mod:`nemaudit.spec`, baselines in :mod:`nemaudit.baseline`. This module and those import
-nothing heavy: torch is imported only once an audit runs, i.e. only with ``--nemaudit``.
+Hooks only (as in syrupy): the rooms they call are :mod:`nemaudit.harness` (options, the
+fixture, spec-file items, records and reports, failure messages) and the per-process state
+is :mod:`nemaudit.session`. Nothing heavy is imported here: torch comes in only once an audit
+runs, i.e. only with ``--nemaudit``.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from typing import Any
 import pytest
 
 from nemaudit import session as ns
-from nemaudit import spec
+from nemaudit.errors import NemauditError
+from nemaudit.harness import fixture, messages, options, properties, records
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    ns.add_options(parser)
+    options.add_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -26,12 +28,15 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "nemaudit(**defaults): an audit test, skipped unless pytest --nemaudit; "
                    "keyword arguments (model=, probe=, layer=, weights=, normalize=) are "
                    "defaults for the nemaudit fixture")
-    options = ns.parse_options(config)
-    state = ns.NemauditState(config, options)
+    opts = options.parse_options(config)
+    state = ns.NemauditState(config, opts, records.Records())
     config.stash[ns.STATE_KEY] = state
     config.pluginmanager.register(_Collector(state), "nemaudit-collector")
-    if options.enabled:
-        state.check_device()
+    if opts.enabled:  # resolve the device now, so `cuda` without a GPU is a UsageError
+        try:
+            _ = state.device
+        except NemauditError as e:
+            raise pytest.UsageError(f"--nemaudit-device: {e}") from None
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
@@ -44,12 +49,12 @@ def pytest_report_header(config: pytest.Config) -> str | None:
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
-    if spec.is_spec_file(file_path):
-        return spec.SpecFile.from_parent(parent, path=file_path)
+    if properties.is_spec_file(file_path):
+        return properties.SpecFile.from_parent(parent, path=file_path)
     if file_path.name == "pyproject.toml" and file_path.parent == parent.config.rootpath:
-        table = spec.pyproject_table(file_path)
+        table = properties.pyproject_table(file_path)
         if table is not None:
-            node = spec.SpecFile.from_parent(parent, path=file_path)
+            node = properties.SpecFile.from_parent(parent, path=file_path)
             node.table = table
             return node
     return None
@@ -61,8 +66,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip = pytest.mark.skip(reason=ns.SKIP_REASON)
     for item in items:
         # a malformed spec item stays an error: it is checked without torch, so for free
-        invalid = isinstance(item, spec.PropertyItem) and item.error is not None
-        if ns.is_audit_item(item) and not invalid:
+        invalid = isinstance(item, properties.PropertyItem) and item.error is not None
+        if records.is_audit_item(item) and not invalid:
             item.add_marker(skip)
 
 
@@ -70,18 +75,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None
                             ) -> Generator[None, Any, Any]:
     state = ns.get_state(item.config)
-    state.begin(item)
+    state.current = records.ItemRun(item)
     try:
         return (yield)
     finally:
-        state.end()
+        state.current = None
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
                               ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    ns.get_state(item.config).attach(item, call, report)
+    state = ns.get_state(item.config)
+    if state.options.enabled and records.is_audit_item(item):
+        run = state.current if state.current is not None and state.current.item is item \
+            else None
+        record = records.make_record(item, call, report, run, state.wants_pictures)
+        if record is not None:
+            report.nemaudit_record = record  # type: ignore[attr-defined]  # JSON: crosses xdist
+            if item.config.pluginmanager.hasplugin("html"):
+                extras = records.html_extras(record)
+                if extras:
+                    report.extras = [*getattr(report, "extras", []), *extras]  # type: ignore
     return report
 
 
@@ -93,20 +108,20 @@ class _Collector:
         self.state = state
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        self.state.collect(report)
+        self.state.records.collect(report)
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        self.state.set_order([item.nodeid for item in session.items])
+        self.state.records.set_order([item.nodeid for item in session.items])
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
-        self.state.set_order(ids)  # the controller collects nothing itself under xdist
+        self.state.records.set_order(ids)  # the controller collects nothing itself under xdist
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     state = config.stash.get(ns.STATE_KEY, None)
     if state is not None:
-        state.close()
+        fixture.stop_listening(state)
     plugin = config.pluginmanager.get_plugin("nemaudit-collector")
     if plugin is not None:
         config.pluginmanager.unregister(plugin)
@@ -114,24 +129,30 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def pytest_assertrepr_compare(config: pytest.Config, op: str, left: Any, right: Any
                               ) -> list[str] | None:
-    return ns.get_state(config).assertrepr(op, left, right)
+    return messages.assertrepr(config, ns.get_state(config).current, op, left, right)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    ns.get_state(session.config).write_reports(int(exitstatus))
+    state = ns.get_state(session.config)
+    o = state.options
+    if o.enabled and state.is_controller:
+        info = state.records.session_info(session.config, o, state.device_name,
+                                          int(exitstatus))
+        state.records.write_reports(info, {"json": o.json, "html": o.html})
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config
                             ) -> None:
-    ns.get_state(config).terminal_summary(terminalreporter)
+    state = ns.get_state(config)
+    if state.options.enabled and state.is_controller:
+        state.records.terminal_summary(terminalreporter)
 
 
 @pytest.fixture(scope="session")
-def nemaudit(pytestconfig: pytest.Config) -> ns.Nemaudit:
+def nemaudit(pytestconfig: pytest.Config) -> fixture.Nemaudit:
     """Audits, expectations and committed baselines: ``nemaudit.audit(...)``,
     ``nemaudit.expect(result, "flip_rate <= 0.05")``, ``nemaudit.baseline(name, ...)``."""
     state = ns.get_state(pytestconfig)
     if not state.options.enabled:
         pytest.skip(ns.SKIP_REASON)
-    return state.helper
-
+    return fixture.Nemaudit(state)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from nemaudit.audit import AuditConfig, audit
-from nemaudit.audit.cache import BaselineCache
-from nemaudit.audit.result import compare
+from nemaudit.audit.netdissect.cache import CleanRunCache
+from nemaudit.audit.netdissect.result import compare
 from nemaudit.errors import SpecError
 from nemaudit.explain.netdissect import DissectConfig, dissect_tensors
 from nemaudit.model.load import NormalizedModel
@@ -98,15 +98,15 @@ def test_compare_metrics_by_hand():
 def test_baseline_cache_is_reused_and_survives_corruption(toy, tmp_path):
     model, probe = toy
     a = audit(model, "layer2", probe, "gaussian:std=0.2,fraction=0.3", CFG, cache_dir=tmp_path)
-    files = list(tmp_path.glob("baseline-*.pt"))
+    files = list(tmp_path.glob("clean-*.pt"))
     assert len(files) == 1
     b = audit(model, "layer2", probe, "gaussian:std=0.2,fraction=0.3", CFG, cache_dir=tmp_path)
     assert a.rows == b.rows
     files[0].write_bytes(files[0].read_bytes()[:100])  # a truncated entry
-    with pytest.warns(UserWarning, match="unreadable baseline"):
+    with pytest.warns(UserWarning, match="unreadable clean-run cache"):
         c = audit(model, "layer2", probe, "gaussian:std=0.2,fraction=0.3", CFG, cache_dir=tmp_path)
     assert c.rows == a.rows
-    assert len(list(tmp_path.glob("baseline-*.pt"))) == 1
+    assert len(list(tmp_path.glob("clean-*.pt"))) == 1
 
 
 def test_interrupted_cache_write_leaves_nothing(toy, tmp_path, monkeypatch):
@@ -126,8 +126,8 @@ def test_cache_key_changes_with_weights(toy, tmp_path):
     audit(model, "layer2", probe, "gaussian:std=0.2", CFG, cache_dir=tmp_path)
     other = NormalizedModel(ToyNet(seed=1), "none")
     audit(other, "layer2", probe, "gaussian:std=0.2", CFG, cache_dir=tmp_path)
-    assert len(list(tmp_path.glob("baseline-*.pt"))) == 2
-    assert BaselineCache(None).load("x") is None
+    assert len(list(tmp_path.glob("clean-*.pt"))) == 2
+    assert CleanRunCache(None).load("x") is None
 
 
 def test_default_probe_fingerprint_sees_content():

@@ -426,7 +426,7 @@ def test_load_probe_specs(broden, tmp_path: Path):
     ("broden:/x,val", ["key=value", "'val'"]),
     ("broden:/x,split=", ["'split'", "empty"]),
     ("folder:/x,image_size=-2", ["image_size", ">= 1"]),
-    ("synthetic:n=abc", ["n must be an integer", "'abc'"]),
+    ("synthetic:n=abc", ["n='abc' must be an integer"]),
     ("synthetic:n=10,colour=3", ["'colour'", "n, seed, image_size, seg_size"]),
 ])
 def test_load_probe_spec_errors(spec, needles):

@@ -34,6 +34,6 @@ def test_bundled_model_has_detectors_in_several_categories_unlike_random_weights
 
 def test_bundled_metadata_records_how_it_was_made():
     meta = load_model("nemaudit:conceptnet", device="cpu").meta
-    assert "nemaudit.model.train" in meta["command"]
+    assert "nemaudit.training.conceptnet" in meta["command"]
     assert meta["metrics"]["val_class_accuracy"] > 0.5
     assert BUNDLED["conceptnet"].weights_path.stat().st_size < 5 * 2**20

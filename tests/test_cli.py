@@ -75,8 +75,8 @@ def test_empty_probe_is_a_clear_error():
         dissect(ToyNet(), "layer2", ToyProbe(0))
 
 
-@pytest.mark.parametrize("command, module", [("train", "nemaudit.model.train"),
-                                             ("train-milan", "nemaudit.explain.milan.train")])
+@pytest.mark.parametrize("command, module", [("train", "nemaudit.training.conceptnet"),
+                                             ("train-milan", "nemaudit.training.milan")])
 def test_train_commands_forward_every_argument(monkeypatch, command, module):
     """`nemaudit train --threads 2` (the README's command) reaches the trainer's own parser."""
     import importlib
@@ -94,12 +94,13 @@ def test_unknown_arguments_of_other_commands_are_errors(capsys):
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
 
 
-def test_normalize_values():
-    from nemaudit.cli import _parse_normalize
-    from nemaudit.errors import NemauditError
+def test_normalize_values_reach_the_model_and_bad_ones_fail_before_work(capsys):
+    """The CLI hands --normalize to the model resolver (one parser for every front door)."""
+    from nemaudit.cli import main
+    from nemaudit.model.load import parse_normalize
 
-    assert [_parse_normalize(v) for v in (None, "imagenet", "none", "netdissect")] == [
-        None, "imagenet", "none", "netdissect"]
-    assert _parse_normalize("0.5,0.5,0.5/0.2,0.2,0.2") == ((0.5,) * 3, (0.2,) * 3)
-    with pytest.raises(NemauditError, match="expected imagenet, none, netdissect"):
-        _parse_normalize("imagnet")
+    assert parse_normalize("0.5,0.5,0.5/0.2,0.2,0.2").mean == (0.5,) * 3
+    rc = main(["dissect", "--layer", "layer4", "--probe", "synthetic:n=8,seed=0",
+               "--normalize", "imagnet", "--no-cache", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "imagnet" in err and "Traceback" not in err

@@ -15,7 +15,7 @@ from nemaudit.corrupt.pgd import (
     untargeted_targets,
 )
 from nemaudit.errors import SpecError
-from nemaudit.explain.masks import upsample
+from nemaudit.explain.common.masks import upsample
 from nemaudit.model.load import NormalizedModel
 from nemaudit.probe.base import Concept, ProbeBatch, ProbeDataset, ProbeItem, collate
 

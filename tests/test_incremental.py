@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nemaudit.explain.activations import probe_loader, stream_activations
-from nemaudit.explain.incremental import redissect
+from nemaudit.explain.common.activations import probe_loader, stream_activations
 from nemaudit.explain.netdissect import DissectConfig, dissect
+from nemaudit.explain.netdissect.incremental import redissect
 from tests.toys import ToyNet, ToyProbe
 
 CFG = DissectConfig(eta=0.02, batch_size=7)

@@ -157,7 +157,7 @@ def test_pictures_are_kept_for_the_units_a_report_shows():
     """Per-unit attacks keep poisoned pixels only for pictures: exactly for the units
     milan_payload shows first (manipulated, lowest F1), wherever they are in the layer."""
     pytest.importorskip("torchattacks")
-    from nemaudit.audit.exemplars import milan_payload
+    from nemaudit.audit.milan.pictures import milan_payload
 
     cfg = MilanAuditConfig(exemplars=ExemplarConfig(k=4, batch_size=8), threshold=0.5,
                            unit_chunk=2, picture_units=3)

@@ -6,7 +6,9 @@ import random
 
 import torch
 
-from nemaudit.explain.milan.data import (
+from nemaudit.explain.milan.exemplars import Exemplars
+from nemaudit.probe.synthetic import _CONCEPTS
+from nemaudit.training.annotations import (
     TEMPLATES,
     Evidence,
     concept_forms,
@@ -17,9 +19,7 @@ from nemaudit.explain.milan.data import (
     template_words,
     unit_evidence,
 )
-from nemaudit.explain.milan.exemplars import Exemplars
-from nemaudit.explain.milan.train import bleu4
-from nemaudit.probe.synthetic import _CONCEPTS
+from nemaudit.training.milan import bleu4
 from tests.toys import ToyProbe
 
 CONCEPTS = _CONCEPTS

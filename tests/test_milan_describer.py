@@ -34,7 +34,7 @@ def test_bundled_weights_and_metadata():
     s = MilanSettings.from_dict(meta["settings"])
     assert (s.k, s.eta, s.beam_size, s.max_length, s.lam) == (15, 0.01, 50, 15, 0.2)
     assert (s.hidden_size, s.embedding_size, s.lm_layers) == (512, 128, 2)
-    assert meta["command"].startswith("python -m nemaudit.explain.milan.train")
+    assert meta["command"].startswith("python -m nemaudit.training.milan")
     assert meta["metrics"]["milan"]["category_accuracy"] > \
         meta["metrics"]["baseline"]["category_accuracy"]
 

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from nemaudit.explain.masks import upsample
+from nemaudit.explain.common.masks import upsample
 from nemaudit.explain.milan.exemplars import (
     ExemplarConfig,
     Exemplars,

@@ -404,7 +404,7 @@ class FakeWorld(ProbeDataset):
 
 
 def test_train_smoke_writes_loadable_deterministic_weights(tmp_path):
-    from nemaudit.model.train import materialize, train_bundled
+    from nemaudit.training.conceptnet import materialize, train_bundled
 
     ds = FakeWorld(4, seed=1)
     mat = materialize(ds, min_pixels=2, num_concepts=ds.num_concepts)
@@ -425,7 +425,7 @@ def test_train_smoke_writes_loadable_deterministic_weights(tmp_path):
     assert meta["arch"] == {"num_classes": 3, "num_concepts": 6, "width": 4}
     assert meta["class_names"] == ["red", "green", "blue"]
     assert meta["normalize"] == BUNDLED["conceptnet"].normalize
-    assert meta["command"].startswith("python -m nemaudit.model.train --out ")
+    assert meta["command"].startswith("python -m nemaudit.training.conceptnet --out ")
     assert meta["probe"]["train_seed"] == 1 and meta["probe"]["val_seed"] == 2
     assert meta["weights_dtype"] == "float32"
 
@@ -443,7 +443,7 @@ def test_train_smoke_writes_loadable_deterministic_weights(tmp_path):
 
 
 def test_train_cli_parses_options(monkeypatch, tmp_path):
-    import nemaudit.model.train as tr
+    import nemaudit.training.conceptnet as tr
     seen = {}
     monkeypatch.setattr(tr, "train_bundled", lambda out, **kw: seen.update(out=out, **kw))
     assert tr.main(["--out", str(tmp_path), "--epochs", "2", "--lr", "0.01", "--no-progress",
@@ -455,7 +455,7 @@ def test_train_cli_parses_options(monkeypatch, tmp_path):
 
 def test_train_on_the_concept_world_smoke(tmp_path):
     pytest.importorskip("nemaudit.probe.synthetic")
-    from nemaudit.model.train import train_bundled
+    from nemaudit.training.conceptnet import train_bundled
 
     metrics = train_bundled(tmp_path, n_train=16, n_val=8, epochs=1, width=2, batch_size=8,
                             progress=False)

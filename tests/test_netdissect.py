@@ -8,10 +8,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nemaudit.explain.masks import upsample
+from nemaudit.explain.common.masks import upsample
+from nemaudit.explain.common.quantile import TopQuantile, reference_level
 from nemaudit.explain.netdissect import DissectConfig, dissect_tensors, label_category
-from nemaudit.explain.quantile import TopQuantile, reference_level
-from nemaudit.explain.tally import IoUTally, label_tally, tally_pairs
+from nemaudit.explain.netdissect.tally import IoUTally, label_tally, tally_pairs
 from nemaudit.probe.base import Concept
 from tests.reference_netdissect import imresize_f, reference_iou, reference_tally
 

@@ -11,7 +11,7 @@ import torch  # noqa: F401
 
 # In-process pytester runs drop the modules a run imported; torch's C extension cannot be
 # imported twice in one process, so import it (and what audits use) here, once.
-import nemaudit.audit.exemplars  # noqa: F401
+import nemaudit.audit.netdissect.pictures  # noqa: F401
 import nemaudit.corrupt.noise  # noqa: F401
 import nemaudit.report.html  # noqa: F401
 import nemaudit.report.json_report  # noqa: F401

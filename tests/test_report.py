@@ -16,10 +16,11 @@ import pytest
 from rich.console import Console
 
 from nemaudit.audit import AuditConfig, audit
-from nemaudit.audit.exemplars import report_payload
+from nemaudit.audit.netdissect.pictures import report_payload
 from nemaudit.explain.netdissect import DissectConfig
 from nemaudit.model.load import NormalizedModel
 from nemaudit.report import html as html_report
+from nemaudit.report.html_parts import esc
 from nemaudit.report.json_report import (
     SCHEMA,
     corruption_text,
@@ -216,7 +217,7 @@ def test_html_is_one_self_contained_escaped_file(tmp_path, records):
         assert name in text
     # the malicious name, layer, message and corruption are escaped everywhere
     assert EVIL not in text and "<b>disc</b>" not in text
-    assert html_report.escape(EVIL) in text
+    assert esc(EVIL) in text
 
 
 def test_html_has_diff_rows_metrics_plots_and_exemplars(records):

@@ -1,23 +1,17 @@
-"""AuditResult: the per-unit diff between a clean and a corrupted dissection, and metrics.
+"""What every method's audit result shares: metrics that remember where they came from.
 
-Every metric is computed here from the two dissections (and, for accuracy, the per-image
-predictions), so each number a report prints can be traced to this module.
+:class:`MethodResult` is the base of :class:`~nemaudit.audit.netdissect.result.AuditResult`
+(Network Dissection) and :class:`~nemaudit.audit.milan.run.MilanAuditResult`: per-unit rows,
+metrics read as attributes that return :class:`Metric` floats (so a failing ``assert`` can
+show the per-unit diff), the changed units, a readable diff and the JSON form with its
+``method``. Torch-free.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
-
-from nemaudit.explain.netdissect import Dissection
-
-SCHEMA = "nemaudit.audit/1"
-#: the Xie table's columns: Broden categories by initial, plus All
-XIE = {"C": "color", "T": "texture", "S": "scene", "M": "material", "P": "part", "O": "object"}
-
+from typing import Any, ClassVar
 
 #: ``hook(metric, op, bound, holds)`` for every comparison of a Metric with a number: the
 #: pytest plugin records them, so a plain ``assert`` that passes still reports its value
@@ -56,120 +50,57 @@ class Metric(float):
     __gt__ = _comparison(">", "__gt__")
 
 
-def _rate(flags: list[bool]) -> float | None:
-    return sum(flags) / len(flags) if flags else None
-
-
 @dataclass
-class AuditResult:
-    method = "netdissect"
+class MethodResult:
+    """Clean vs corrupted explanations of one layer's units, per unit and as metrics."""
+
+    #: the registered method (:data:`nemaudit.audit.methods.METHODS`) and the JSON schema
+    method: ClassVar[str] = "?"
+    schema: ClassVar[str] = "nemaudit.audit/1"
+    #: the row flag that says a unit's explanation changed
+    changed_flag: ClassVar[str] = "changed"
+    #: how the diff names a changed unit ("changed unit(s)", "manipulated unit(s)")
+    changed_noun: ClassVar[str] = "changed unit(s)"
+
     layer: str
     corruption: dict
     rows: list[dict]
     metrics: dict
-    clean: Dissection | None = field(default=None, repr=False)
-    corrupted: Dissection | None = field(default=None, repr=False)
     meta: dict = field(default_factory=dict)
+    clean: Any = field(default=None, repr=False)
+    corrupted: Any = field(default=None, repr=False)
     #: live objects for pictures (model, probe, corruption, config, device); not serialised
     context: dict | None = field(default=None, repr=False)
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Metric:
         metrics = self.__dict__.get("metrics", {})
         if name in metrics and isinstance(metrics[name], (int, float)):
             return Metric(metrics[name], name, self)
-        raise AttributeError(f"AuditResult has no attribute or metric {name!r}; metrics: "
-                             f"{sorted(metrics)}")
+        raise AttributeError(f"{type(self).__name__} has no attribute or metric {name!r}; "
+                             f"metrics: {sorted(metrics)}")
 
     @property
     def changed_units(self) -> list[dict]:
-        return [r for r in self.rows if r["changed"]]
+        """Rows of the units whose explanation changed."""
+        return [r for r in self.rows if r[self.changed_flag]]
+
+    def diff_order(self, row: dict) -> Any:
+        """Sort key of the diff: most telling change first."""
+        return 0
+
+    def diff_line(self, row: dict) -> str:
+        """One unit of the diff."""
+        raise NotImplementedError
 
     def diff_lines(self, limit: int = 15, only_changed: bool = True) -> list[str]:
-        """Readable per-unit diff: ``unit 12: car (0.081) → wheel (0.052)``."""
-        rows = self.changed_units if only_changed else self.rows
-        rows = sorted(rows, key=lambda r: -r["clean_iou"])
-        out = []
-        for r in rows[:limit]:
-            tgt = f" [target {r['target']}{' hit' if r['target_hit'] else ''}]" if r.get("target") else ""
-            out.append(f"unit {r['unit']:>4}: {r['clean_label'] or '—'} ({r['clean_iou']:.3f}) → "
-                       f"{r['corrupted_label'] or '—'} ({r['corrupted_iou']:.3f}){tgt}")
+        """A readable per-unit diff, capped at ``limit`` lines plus a count of the rest."""
+        rows = sorted(self.changed_units if only_changed else self.rows, key=self.diff_order)
+        out = [self.diff_line(r) for r in rows[:limit]]
         if len(rows) > limit:
-            out.append(f"… {len(rows) - limit} more changed unit(s)")
+            out.append(f"… {len(rows) - limit} more {self.changed_noun}")
         return out
 
     def to_json(self) -> dict:
-        return {"schema": SCHEMA, "layer": self.layer, "corruption": self.corruption,
-                "metrics": self.metrics, "meta": self.meta, "units": self.rows}
-
-
-def compare(clean: Dissection, corrupted: Dissection, units: list[int] | None = None,
-            targets: dict[int, int] | None = None) -> tuple[list[dict], dict]:
-    """Rows and metrics for ``units`` (default: all) of two dissections of the same layer.
-
-    ``corrupted`` row u must be unit u's result in its own corrupted world (for per-unit
-    attacks) or in the shared corrupted probe (for noise)."""
-    units = list(range(clean.units)) if units is None else [int(u) for u in units]
-    c_lab, c_iou = clean.best()
-    k_lab, k_iou = corrupted.best()
-    k_full = corrupted.iou().cpu()
-    thr = clean.config.iou_threshold
-    name = lambda i: clean.concepts[i].name if i > 0 else None  # noqa: E731
-    cat = lambda i: clean.concepts[i].category if i > 0 else None  # noqa: E731
-    rows = []
-    for u in units:
-        cl, kl = int(c_lab[u]), int(k_lab[u])
-        row = {
-            "unit": u,
-            "clean_label": name(cl), "clean_category": cat(cl), "clean_iou": float(c_iou[u]),
-            "clean_detector": bool(c_iou[u] >= thr and cl > 0),
-            "corrupted_label": name(kl), "corrupted_category": cat(kl),
-            "corrupted_iou": float(k_iou[u]),
-            "corrupted_detector": bool(k_iou[u] >= thr and kl > 0),
-            "changed": cl != kl,
-            "source_iou_after": float(k_full[u, cl]) if cl > 0 else None,
-            "clean_threshold": float(clean.thresholds[u]),
-            "corrupted_threshold": float(corrupted.thresholds[u]),
-        }
-        row["source_iou_drop"] = (row["clean_iou"] - row["source_iou_after"]) if cl > 0 else None
-        t = (targets or {}).get(u)
-        row["target"] = name(t) if t else None
-        row["target_hit"] = bool(t and kl == t)
-        rows.append(row)
-    return rows, metrics_from_rows(rows, clean.categories, targets is not None)
-
-
-def metrics_from_rows(rows: list[dict], categories: list[str], targeted: bool) -> dict:
-    n = len(rows)
-    det = [r for r in rows if r["clean_detector"]]
-    m: dict = {
-        "units": n,
-        "flip_rate": _rate([r["changed"] for r in rows]) or 0.0,
-        "detectors": len(det),
-        "flip_rate_detectors": _rate([r["changed"] for r in det]),
-        "changed": sum(r["changed"] for r in rows),
-    }
-    if targeted:
-        m["targeted_success_rate"] = _rate([r["target_hit"] for r in rows if r["target"]])
-    drops = [r["source_iou_drop"] for r in rows if r["source_iou_drop"] is not None]
-    m["mean_source_iou_drop"] = sum(drops) / len(drops) if drops else None
-    m["per_category_flip_rate"] = {
-        c: _rate([r["changed"] for r in rows if r["clean_category"] == c]) for c in categories}
-    share = {}
-    for side in ("clean", "corrupted"):
-        per = {c: sum(r[f"{side}_detector"] and r[f"{side}_category"] == c for r in rows) / max(n, 1)
-               for c in categories}
-        per["all"] = sum(r[f"{side}_detector"] for r in rows) / max(n, 1)
-        share[side] = per
-    m["detector_share"] = share
-    m["detector_share_clean"] = share["clean"]["all"]
-    m["detector_share_corrupted"] = share["corrupted"]["all"]
-    m["xie_table"] = {side: {k: share[side].get(v) for k, v in XIE.items() if v in share[side]}
-                      | {"All": share[side]["all"]} for side in share}
-    return m
-
-
-def accuracy(pred: torch.Tensor, targets: torch.Tensor) -> float | None:
-    ok = targets >= 0
-    if not ok.any():
-        return None
-    return float((pred[ok] == targets[ok]).float().mean())
+        return {"schema": self.schema, "method": self.method, "layer": self.layer,
+                "corruption": self.corruption, "metrics": self.metrics, "meta": self.meta,
+                "units": self.rows}

@@ -5,66 +5,37 @@
 - :mod:`~nemaudit.corrupt.noise`: Gaussian, uniform and Bernoulli noise (shared by all units);
 - :mod:`~nemaudit.corrupt.pgd`: the ICCV'23 designed attack on a unit's concept (per unit);
 - :mod:`~nemaudit.corrupt.fgsm`: FGSM / PGD on the classifier's cross-entropy;
-- :mod:`~nemaudit.corrupt.spec`: ``parse_corruption("gaussian:std=0.02")`` and validation.
+- :mod:`~nemaudit.corrupt.spec`: ``parse_corruption("gaussian:std=0.02")`` and validation;
+- :mod:`~nemaudit.corrupt.kinds`: the registry (kind → class, budget key), torch-free.
 
-Importing this package imports torch; the torchattacks-based attacks (pgd, fgsm) are imported
-on first use, since torchattacks is an optional dependency.
+Every name below is imported on first use: the registry is read by torch-free reports, and
+the torchattacks-based attacks (pgd, fgsm) need an optional dependency.
 """
 
-from nemaudit.corrupt.base import (
-    Corruption,
-    concept_maps,
-    contains_concepts,
-    derive_seed,
-    resolve_concept,
-    validate_units,
-)
-from nemaudit.corrupt.noise import (
-    BernoulliNoise,
-    GaussianNoise,
-    JPEGCompression,
-    NoiseCorruption,
-    UniformNoise,
-)
-from nemaudit.corrupt.spec import KINDS, corruption_class, parse_corruption
+from typing import Any
 
-#: names imported on first use: they need the optional torchattacks
+#: name → module that defines it; everything is imported on first use, so the registry
+#: (:mod:`.kinds`) stays readable without torch, and the attacks without torchattacks
 _LAZY = {
-    "FGSMCorruption": "fgsm", "PGDCECorruption": "fgsm", "predicted_labels": "fgsm",
-    "ConceptAttack": "pgd", "ConceptPGD": "pgd", "UnitAttack": "pgd", "act_avg": "pgd",
-    "attack_units": "pgd", "untargeted_targets": "pgd",
+    **dict.fromkeys(("Corruption", "UnitAttack", "UnitCorruption", "concept_maps",
+                     "contains_concepts", "derive_seed", "resolve_concept", "runner_up_concepts",
+                     "validate_units"), "base"),
+    **dict.fromkeys(("BernoulliNoise", "GaussianNoise", "JPEGCompression", "NoiseCorruption",
+                     "UniformNoise"), "noise"),
+    **dict.fromkeys(("corruption_class", "parse_corruption"), "spec"),
+    "KINDS": "kinds",
+    **dict.fromkeys(("FGSMCorruption", "PGDCECorruption", "predicted_labels"), "fgsm"),
+    **dict.fromkeys(("ConceptAttack", "ConceptPGD", "act_avg", "attack_units",
+                     "untargeted_targets"), "pgd"),
 }
 
 
-def __getattr__(name: str) -> object:
+def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
         return getattr(importlib.import_module(f"nemaudit.corrupt.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'nemaudit.corrupt' has no attribute {name!r}")
 
-__all__ = [
-    "KINDS",
-    "BernoulliNoise",
-    "ConceptAttack",
-    "ConceptPGD",
-    "Corruption",
-    "FGSMCorruption",
-    "GaussianNoise",
-    "JPEGCompression",
-    "NoiseCorruption",
-    "PGDCECorruption",
-    "UniformNoise",
-    "UnitAttack",
-    "act_avg",
-    "attack_units",
-    "concept_maps",
-    "corruption_class",
-    "contains_concepts",
-    "derive_seed",
-    "parse_corruption",
-    "predicted_labels",
-    "resolve_concept",
-    "untargeted_targets",
-    "validate_units",
-]
+
+__all__ = sorted(_LAZY)

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 
@@ -32,6 +32,9 @@ from nemaudit.probe.base import ProbeBatch, ProbeDataset
 
 __all__ = [
     "Corruption",
+    "UnitAttack",
+    "UnitCorruption",
+    "runner_up_concepts",
     "concept_maps",
     "contains_concepts",
     "derive_seed",
@@ -422,3 +425,74 @@ def _parse_select(select: str | Iterable[int]
 
 def as_id_list(values: Sequence[int] | torch.Tensor) -> list[int]:
     return [int(v) for v in (values.tolist() if isinstance(values, torch.Tensor) else values)]
+
+
+# --------------------------------------------------------------------------- per-unit adversaries
+
+class UnitAttack(NamedTuple):
+    """What :meth:`UnitCorruption.attack_units` returns for a batch of B images and U units."""
+
+    images: torch.Tensor  #: [U, B, 3, H, W]: unit i's poisoned copy of the batch
+    poisoned: torch.Tensor  #: [U, B] bool: which images were attacked for which unit
+    objective_before: torch.Tensor  #: [U, B] the attack's objective on the clean images (NaN if not poisoned)
+    objective_after: torch.Tensor  #: [U, B] the same after the attack (NaN if not poisoned)
+
+
+def runner_up_concepts(iou: torch.Tensor, labels: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    """Each unit's runner-up concept: the highest clean IoU other than the unit's clean label
+    (and other than the placeholder id 0) — the untargeted attack's target. ``iou [U, C]``."""
+    labels_t = torch.as_tensor(labels, dtype=torch.int64, device=iou.device).reshape(-1)
+    if iou.dim() != 2 or iou.shape[0] != labels_t.shape[0]:
+        raise ValueError(f"iou must be [U, C] with U = len(labels); got {tuple(iou.shape)} and "
+                         f"{labels_t.shape[0]} labels")
+    if iou.shape[1] < 3:
+        raise ValueError("an untargeted attack needs at least two concepts besides id 0")
+    scores = iou.double().clone()
+    scores[:, 0] = float("-inf")
+    scores[torch.arange(scores.shape[0], device=iou.device), labels_t] = float("-inf")
+    return scores.argmax(dim=1)
+
+
+class UnitCorruption(Corruption):
+    """Base of per-unit adversaries: each attacked unit gets its own poisoned copy of the
+    probe (only the images its attack touches change), as the designed attack of ICCV'23
+    Eq. 9. The audit layer talks to them only through this interface:
+
+    - :meth:`unit_targets_for` picks each attacked unit's target concept (and which units
+      can be attacked at all);
+    - :meth:`attack_units` attacks a chunk of units on one batch, given their source
+      concepts (Network Dissection) or their source masks (MILAN, Eq. 8), and returns a
+      :class:`UnitAttack`.
+    """
+
+    shared = False
+    needs_model = True
+    #: a targeted attack pushes every unit to one named concept (:attr:`target_id`)
+    targeted: bool = False
+    target: str | int | None = None
+    target_id: int | None = None
+
+    def unit_targets_for(self, iou: torch.Tensor, labels: torch.Tensor,
+                         units: Sequence[int]) -> dict[int, int]:
+        """unit → target concept id for the ``units`` that can be attacked: the named target
+        (a unit already detecting it has nothing to flip to and is left out), or, untargeted,
+        the unit's runner-up concept. ``iou [U, C]`` and ``labels [U]`` of the clean run."""
+        if self.targeted:
+            if self.target_id is None:
+                raise SpecError(f"target={self.target!r} is not resolved yet: call "
+                                ".bind(probe) first")
+            return {int(u): int(self.target_id) for u in units
+                    if int(labels[u]) != int(self.target_id)}
+        runner_up = runner_up_concepts(iou, labels)
+        return {int(u): int(runner_up[u]) for u in units}
+
+    def attack_units(self, model: torch.nn.Module, layer: str, batch: ProbeBatch,
+                     units: Sequence[int], sources: Sequence[int] | torch.Tensor | None = None,
+                     targets: Mapping[int, int] | Sequence[int | None] | torch.Tensor | None = None,
+                     *, source_masks: torch.Tensor | None = None,
+                     target_masks: torch.Tensor | None = None) -> UnitAttack:
+        """Attack ``units`` of ``layer`` on ``batch``, each on its own copy of it."""
+        raise NotImplementedError
+
+    def _corrupt(self, batch: ProbeBatch, model: torch.nn.Module | None) -> torch.Tensor:
+        raise SpecError(f"the {self.kind} corruption is per unit; use attack_units()")

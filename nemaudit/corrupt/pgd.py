@@ -6,7 +6,7 @@ radius ε minimises
     act_avg(u, s)(x) − act_avg(u, t)(x),   act_avg(u, c)(x) = Σ_k B(f_u(x))_k·L_c(x)_k / Σ_k L_c(x)_k
 
 where B bilinearly upsamples the unit's map to the label resolution (the same
-:func:`~nemaudit.explain.masks.upsample` the dissection uses) and L_c(x) is the binary map of
+:func:`~nemaudit.explain.common.masks.upsample` the dissection uses) and L_c(x) is the binary map of
 c (an image-level label covers the whole image; a concept absent from x contributes 0). When
 the probe has no segmentation, L_c comes from the clean run's masks (their Eq. 8,
 L_{c*}(x) = M_u(x)): pass ``source_masks``/``target_masks``.
@@ -26,21 +26,23 @@ copy's own gradient (the model runs in eval mode: no batch statistics couple the
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torchattacks.attack import Attack
 
 from nemaudit.corrupt.base import (
-    Corruption,
+    UnitAttack,
+    UnitCorruption,
     check_nonneg,
     check_steps,
     concept_maps,
     derive_seed,
     resolve_concept,
+    runner_up_concepts,
 )
 from nemaudit.errors import SpecError
-from nemaudit.explain.masks import upsample
+from nemaudit.explain.common.masks import upsample
 from nemaudit.probe.base import ProbeBatch, ProbeDataset
 
 __all__ = [
@@ -195,15 +197,6 @@ class ConceptPGD(Attack):
         return torch.stack(noise).to(images.device, images.dtype) * self.eps
 
 
-class UnitAttack(NamedTuple):
-    """Result of :func:`attack_units` for a batch of B images and U units."""
-
-    images: torch.Tensor  #: [U, B, 3, H, W]: unit i's poisoned copy of the batch
-    poisoned: torch.Tensor  #: [U, B] bool: which images were attacked for which unit
-    objective_before: torch.Tensor  #: [U, B] Eq. 9 objective on the clean images (NaN if not poisoned)
-    objective_after: torch.Tensor  #: [U, B] the same after the attack (NaN if not poisoned)
-
-
 def _per_unit_maps(batch: ProbeBatch, concepts: Sequence[int | None] | None,
                    masks: torch.Tensor | None, n_units: int, what: str
                    ) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -302,22 +295,11 @@ def _ids(values: Sequence[int | None] | torch.Tensor | None) -> list[int | None]
     return [None if v is None else int(v) for v in values]
 
 
-def untargeted_targets(iou: torch.Tensor, labels: torch.Tensor | Sequence[int]) -> torch.Tensor:
-    """The untargeted attack's target per unit: the concept with the highest clean IoU other
-    than the unit's clean label (and other than the placeholder id 0). ``iou [U, C]``."""
-    labels_t = torch.as_tensor(labels, dtype=torch.int64, device=iou.device).reshape(-1)
-    if iou.dim() != 2 or iou.shape[0] != labels_t.shape[0]:
-        raise ValueError(f"iou must be [U, C] with U = len(labels); got {tuple(iou.shape)} and "
-                         f"{labels_t.shape[0]} labels")
-    if iou.shape[1] < 3:
-        raise ValueError("an untargeted attack needs at least two concepts besides id 0")
-    scores = iou.double().clone()
-    scores[:, 0] = float("-inf")
-    scores[torch.arange(scores.shape[0], device=iou.device), labels_t] = float("-inf")
-    return scores.argmax(dim=1)
+#: the untargeted attack's targets (kept under its first name)
+untargeted_targets = runner_up_concepts
 
 
-class ConceptAttack(Corruption):
+class ConceptAttack(UnitCorruption):
     """The designed corruption as a :class:`Corruption` (spec kind ``pgd``): per unit.
 
     ``fraction``/``select`` pick the candidate images as for every corruption; a candidate is
@@ -328,8 +310,6 @@ class ConceptAttack(Corruption):
     """
 
     kind = "pgd"
-    shared = False
-    needs_model = True
     params = {"eps": float, "steps": int, "alpha": float, "targeted": bool, "target": str,
               "random_start": bool, "max_copies": int}
     required = ("eps",)
@@ -415,9 +395,6 @@ class ConceptAttack(Corruption):
                                 None if (target is None or self.targeted) else [target],
                                 source_masks=source_mask, target_masks=target_mask)
         return res.images[0]
-
-    def _corrupt(self, batch: ProbeBatch, model: torch.nn.Module | None) -> torch.Tensor:
-        raise SpecError("the pgd corruption is per unit; use attack_units()")
 
     def settings(self) -> dict[str, Any]:
         return {"eps": self.eps, "steps": self.steps, "alpha": self.alpha,

@@ -3,44 +3,34 @@
 >>> parse_corruption("gaussian:std=0.02,fraction=1.0")
 >>> parse_corruption("pgd:eps=4/255,steps=10,targeted=false,fraction=1.0")
 
-Numbers may be written as fractions (``4/255``); booleans as ``true``/``false``; several
-concepts in ``select`` are joined with ``|`` (``select=concept:bus|car``), since ``,``
-separates fields. Every error is a :class:`~nemaudit.errors.SpecError` naming the bad value
-and what is allowed: specs come from users' pytest ini files and CLIs.
+The syntax (key case, ``-`` in keys, numbers such as ``4/255``, booleans ``true``/``yes``/…)
+is :mod:`nemaudit.specs`'s, shared with probe specs and reports; several concepts in
+``select`` are joined with ``|`` (``select=concept:bus|car``), since ``,`` separates fields.
+Every error is a :class:`~nemaudit.errors.SpecError` naming the bad value and what is
+allowed: specs come from users' pytest ini files and CLIs.
 """
 
 from __future__ import annotations
 
 import importlib
-import math
-import re
-from fractions import Fraction
 from typing import Any
 
 from nemaudit.corrupt.base import Corruption, resolve_concept, validate_units
+from nemaudit.corrupt.kinds import KINDS
 from nemaudit.errors import SpecError
 from nemaudit.probe.base import ProbeDataset
+from nemaudit.specs import convert, kind_of, tokenize
 
 __all__ = ["KINDS", "corruption_class", "parse_corruption", "resolve_concept", "valid_keys",
            "validate_units"]
 
-#: spec kind → "module:Class" (imported on use: the attacks need the optional torchattacks)
-KINDS: dict[str, str] = {
-    "gaussian": "nemaudit.corrupt.noise:GaussianNoise",
-    "uniform": "nemaudit.corrupt.noise:UniformNoise",
-    "bernoulli": "nemaudit.corrupt.noise:BernoulliNoise",
-    "jpeg": "nemaudit.corrupt.noise:JPEGCompression",
-    "pgd": "nemaudit.corrupt.pgd:ConceptAttack",
-    "fgsm": "nemaudit.corrupt.fgsm:FGSMCorruption",
-    "pgd-ce": "nemaudit.corrupt.fgsm:PGDCECorruption",
-}
 
 
 def corruption_class(kind: str) -> type[Corruption]:
     """The class implementing ``kind``; a SpecError lists the valid kinds."""
     if kind not in KINDS:
         raise SpecError(f"unknown corruption kind {kind!r}; valid kinds: {', '.join(KINDS)}")
-    module, name = KINDS[kind].split(":")
+    module, name = KINDS[kind].target.split(":")
     try:
         return getattr(importlib.import_module(module), name)
     except ModuleNotFoundError as e:
@@ -48,11 +38,6 @@ def corruption_class(kind: str) -> type[Corruption]:
             raise
         raise SpecError(f"corruption kind {kind!r} needs torchattacks: "
                         "pip install 'nemaudit[attacks]'") from None
-
-
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
-_KEY_RE = re.compile(r"^[A-Za-z_][\w-]*$")
 
 
 def valid_keys(kind: str) -> list[str]:
@@ -63,33 +48,7 @@ def valid_keys(kind: str) -> list[str]:
 
 def parse_number(text: str, key: str) -> float:
     """``0.02``, ``2e-2``, ``4/255`` → float; anything else (or NaN/inf) is a SpecError."""
-    t = text.strip()
-    try:
-        v = float(Fraction(t)) if "/" in t else float(t)
-    except (ValueError, ZeroDivisionError):
-        raise SpecError(f"{key}={text!r} is not a number (fractions like 4/255 are allowed)"
-                        ) from None
-    if not math.isfinite(v):
-        raise SpecError(f"{key}={text!r} must be finite")
-    return v
-
-
-def _convert(value: str, typ: type, key: str) -> Any:
-    if typ is float:
-        return parse_number(value, key)
-    if typ is int:
-        v = parse_number(value, key)
-        if not v.is_integer():
-            raise SpecError(f"{key}={value!r} must be an integer")
-        return int(v)
-    if typ is bool:
-        low = value.strip().lower()
-        if low in _TRUE:
-            return True
-        if low in _FALSE:
-            return False
-        raise SpecError(f"{key}={value!r} must be true or false")
-    return value.strip()
+    return convert(text, float, key)
 
 
 def parse_corruption(spec: str) -> Corruption:
@@ -99,29 +58,23 @@ def parse_corruption(spec: str) -> Corruption:
     ``eps, steps, alpha, targeted, target, random_start, max_copies``), fgsm (``eps``), pgd-ce
     (``eps, steps, alpha``); every kind also takes ``fraction, select, seed``.
     """
-    if not isinstance(spec, str) or not spec.strip():
-        raise SpecError(f"empty corruption spec {spec!r}; expected '<kind>:key=value,...'; "
-                        f"valid kinds: {', '.join(KINDS)}")
-    kind, _, rest = spec.strip().partition(":")
-    kind = kind.strip().lower()
+    usage = f"'<kind>:key=value,...' (valid kinds: {', '.join(KINDS)})"
+    kind = kind_of(spec, "corruption", usage=usage)
     if kind not in KINDS:
         raise SpecError(f"unknown corruption kind {kind!r} in {spec!r}; valid kinds: "
                         f"{', '.join(KINDS)}")
     cls = corruption_class(kind)
     types = {**cls.params, **cls.common}
+    tokens = tokenize(spec, "corruption", usage=usage)
     kwargs: dict[str, Any] = {}
-    for field in (f for f in rest.split(",") if f.strip()):
-        key, eq, value = field.partition("=")
-        key = key.strip().lower().replace("-", "_")
-        if not eq or not _KEY_RE.match(key) or not value.strip():
-            raise SpecError(f"bad field {field.strip()!r} in corruption spec {spec!r}; "
-                            "expected key=value")
+    for key, value in tokens.fields.items():
         if key not in types:
             raise SpecError(f"unknown key {key!r} for corruption kind {kind!r} in {spec!r}; "
                             f"valid keys: {', '.join(valid_keys(kind))}")
-        if key in kwargs:
-            raise SpecError(f"key {key!r} is given twice in {spec!r}")
-        kwargs[key] = _convert(value, types[key], key)
+        try:
+            kwargs[key] = convert(value, types[key], key)
+        except SpecError as e:
+            raise SpecError(f"{e} (in corruption spec {spec!r})") from None
     missing = [k for k in cls.required if k not in kwargs]
     if missing:
         raise SpecError(f"corruption kind {kind!r} needs {', '.join(f'{k}=...' for k in missing)}"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import difflib
 import hashlib
+import math
 import pickle
 import re
 from collections.abc import Mapping, Sequence
@@ -26,10 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from nemaudit.errors import ModelSpecError
+from nemaudit.errors import ModelSpecError, NormalizeSpecError, SpecError
 from nemaudit.imports import import_target
 from nemaudit.model.bundled import BUNDLED, DEFAULT_BUNDLED, read_meta
 from nemaudit.model.device import resolve_device
+from nemaudit.specs import convert
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -88,54 +90,81 @@ class NormSpec(str):
         return f"NormSpec({str(self)!r})"
 
 
-def _floats(v: Any, what: str) -> tuple[float, ...]:
-    if isinstance(v, (int, float)):
-        return (float(v),)
-    try:
-        out = tuple(float(x) for x in v)
-    except (TypeError, ValueError) as e:
-        raise ModelSpecError(f"normalisation {what} must be a number or a sequence of "
-                             f"numbers, got {v!r}") from e
-    if not out:
-        raise ModelSpecError(f"normalisation {what} is empty")
-    return out
+_NORM_FORMS = ("imagenet, none, netdissect, 'm1,m2,m3/s1,s2,s3' (as many means as stds), "
+               "(mean, std) or {'mean': ..., 'std': ...}")
+
+
+def _floats(v: Any, what: str, spec: Any) -> tuple[float, ...]:
+    if isinstance(v, str):
+        values: list[Any] = v.split(",")
+    else:
+        try:
+            values = list(v)
+        except TypeError:  # a scalar: one value for every channel
+            values = [v]
+    if not values:
+        raise NormalizeSpecError(f"normalisation {spec!r}: {what} is empty")
+    out = []
+    for x in values:
+        try:
+            if isinstance(x, str):
+                out.append(convert(x, float, what))
+                continue
+            try:
+                f = None if isinstance(x, bool) else float(x)  # numpy and torch scalars too
+            except (TypeError, ValueError):
+                f = None
+            if f is None:
+                raise SpecError(f"{what} value {x!r} is not a number")
+            if not math.isfinite(f):
+                raise SpecError(f"{what}={x!r} must be finite")
+            out.append(f)
+        except SpecError as e:
+            raise NormalizeSpecError(f"normalisation {spec!r}: {e}; expected {_NORM_FORMS}"
+                                     ) from None
+    return tuple(out)
 
 
 def parse_normalize(spec: Any) -> NormSpec:
-    """Accept ``"imagenet"``, ``"netdissect"``, ``"none"``, ``(mean, std)``,
-    ``{"mean": ..., "std": ...}``, ``"m1,m2,m3/s1,s2,s3"`` (CLI form) or a ``NormSpec``."""
+    """The one normalisation parser: ``"imagenet"``, ``"netdissect"``, ``"none"`` (any case),
+    ``"m1,m2,m3/s1,s2,s3"`` (the CLI form; one value each applies to every channel),
+    ``(mean, std)``, ``{"mean": ..., "std": ...}`` or a ``NormSpec``; ``None`` is ImageNet.
+
+    Mean and std need as many values each, finite, the stds positive; anything else is a
+    :class:`~nemaudit.errors.NormalizeSpecError` (a SpecError and a ModelSpecError)."""
     if isinstance(spec, NormSpec):
         return spec
     if spec is None:
         spec = "imagenet"
+    given = spec
     if isinstance(spec, str):
         key = spec.strip().lower()
         if key in _PRESETS:
             preset = _PRESETS[key]
             return NormSpec(key, None, None) if preset is None else NormSpec(key, *preset)
-        if "/" in key:
-            mean_s, std_s = key.split("/", 1)
-            try:
-                spec = ([float(v) for v in mean_s.split(",")], [float(v) for v in std_s.split(",")])
-            except ValueError as e:
-                raise ModelSpecError(f"cannot parse normalisation {spec!r}: expected "
-                                     "'m1,m2,m3/s1,s2,s3'") from e
-        else:
-            raise ModelSpecError(f"unknown normalisation {spec!r}; expected one of "
-                                 f"{sorted(_PRESETS)}, 'm1,m2,m3/s1,s2,s3' or (mean, std)")
+        if key.count("/") != 1:
+            close = difflib.get_close_matches(key, list(_PRESETS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close and "/" not in key else ""
+            raise NormalizeSpecError(f"unknown normalisation {spec!r}{hint}; expected "
+                                     f"{_NORM_FORMS}")
+        spec = tuple(key.split("/"))
     if isinstance(spec, Mapping):
         if "mean" not in spec or "std" not in spec:
-            raise ModelSpecError(f"normalisation dict needs 'mean' and 'std', got {dict(spec)}")
+            raise NormalizeSpecError(f"normalisation dict needs 'mean' and 'std', got "
+                                     f"{dict(spec)}")
         spec = (spec["mean"], spec["std"])
-    if isinstance(spec, Sequence) and len(spec) == 2:
-        mean, std = _floats(spec[0], "mean"), _floats(spec[1], "std")
-        if len(mean) != len(std) and 1 not in (len(mean), len(std)):
-            raise ModelSpecError(f"normalisation mean has {len(mean)} values but std has "
-                                 f"{len(std)}")
-        if any(s <= 0 for s in std):
-            raise ModelSpecError(f"normalisation std must be positive, got {list(std)}")
-        return NormSpec("custom", mean, std)
-    raise ModelSpecError(f"cannot interpret normalisation {spec!r}")
+    if not isinstance(spec, Sequence) or isinstance(spec, str) or len(spec) != 2:
+        raise NormalizeSpecError(f"cannot interpret normalisation {given!r}; expected "
+                                 f"{_NORM_FORMS}")
+    mean, std = _floats(spec[0], "mean", given), _floats(spec[1], "std", given)
+    if len(mean) != len(std):
+        raise NormalizeSpecError(f"normalisation {given!r}: mean has {len(mean)} value(s) but "
+                                 f"std has {len(std)}; give as many of each (one per channel, "
+                                 "or one for all channels)")
+    if any(s <= 0 for s in std):
+        raise NormalizeSpecError(f"normalisation {given!r}: std must be positive, got "
+                                 f"{list(std)}")
+    return NormSpec("custom", mean, std)
 
 
 class Normalize(nn.Module):
@@ -434,14 +463,15 @@ def load_model(spec: str, weights: str | Path | None = None, normalize: Any = No
     if not sep or not rest.strip():
         raise ModelSpecError(f"unrecognised model spec {spec!r}; accepted forms: "
                              f"{', '.join(SPEC_FORMS)}")
-    if scheme.lower() in _REFUSED_SCHEMES:
+    kind = scheme.strip().lower()  # as nemaudit.specs reads a kind; a module path keeps its case
+    if kind in _REFUSED_SCHEMES:
         raise ModelSpecError(f"model spec {spec!r}: {scheme}: specs are not supported; "
                              "nemaudit never downloads weights. Build the model with a "
                              "package.module:function spec and pass a local --weights file")
 
-    if scheme == "torchvision":
+    if kind == "torchvision":
         model = _torchvision_model(rest, spec)
-    elif scheme == "nemaudit":
+    elif kind == "nemaudit":
         name = rest.strip().lower() or DEFAULT_BUNDLED
         if name not in BUNDLED:
             raise ModelSpecError(f"unknown bundled model {name!r}; available: "
@@ -452,7 +482,7 @@ def load_model(spec: str, weights: str | Path | None = None, normalize: Any = No
             if not weights_path.is_file():
                 raise ModelSpecError(
                     f"bundled model {name!r} has no trained weights at {weights_path}; "
-                    "train them with `nemaudit train` (python -m nemaudit.model.train)")
+                    "train them with `nemaudit train` (python -m nemaudit.training.conceptnet)")
         meta = read_meta(weights_path.with_suffix(".json")) or bspec.meta()
         model = bspec.build(meta)
         default_layer = meta.get("default_layer", bspec.default_layer)

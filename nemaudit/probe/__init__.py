@@ -1,7 +1,8 @@
 """Probing datasets: the shared contract, the loaders, and ``load_probe`` for string specs.
 
-Specs are what the CLI, ini files and property files carry, so they are parsed here once,
-with errors that name the bad key or value and list the valid ones. The synthetic probe is
+Specs are what the CLI, ini files and property files carry: :mod:`nemaudit.specs` splits
+them by the rules every spec shares, and the keys and values are checked here, with errors
+that name the bad key or value and list the valid ones. The synthetic probe is
 imported only when asked for, so this package stays light (torch, numpy, PIL only).
 """
 
@@ -10,12 +11,16 @@ from __future__ import annotations
 from typing import Any
 
 from nemaudit.errors import SpecError
+from nemaudit.imports import load_python_object
 from nemaudit.probe.base import Concept, ProbeBatch, ProbeDataset, ProbeItem, collate
-from nemaudit.probe.broden import BrodenProbe, export_probe, write_broden
+from nemaudit.probe.broden import BrodenProbe
+from nemaudit.probe.broden_write import BrodenWriter, export_probe, write_broden
 from nemaudit.probe.folder import FolderProbe
+from nemaudit.specs import convert, kind_of, tokenize
 
 __all__ = [
     "BrodenProbe",
+    "BrodenWriter",
     "Concept",
     "FolderProbe",
     "ProbeBatch",
@@ -36,44 +41,33 @@ _SPECS: dict[str, tuple[bool, dict[str, tuple[str, int | None]]]] = {
 }
 _USAGE = ("broden:PATH[,split=NAME][,max=N][,categories=object;part], "
           "folder:PATH[,image_size=N][,seg_size=N], "
-          "synthetic:[n=2000][,seed=0][,image_size=112][,seg_size=56]")
+          "synthetic:[n=2000][,seed=0][,image_size=112][,seg_size=56], "
+          "python:<module or path.py>:<callable>[(key=literal,...)]")
 
 
 def _parse_spec(spec: str) -> tuple[str, str | None, dict[str, Any]]:
-    """Split a probe spec into (kind, path, options), validating every key and value."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise SpecError(f"empty probe spec; expected one of: {_USAGE}")
-    kind, _, rest = spec.strip().partition(":")
-    kind = kind.strip().lower()
+    """Split a probe spec into (kind, path, options), validating every key and value; a
+    ``python:`` spec gives ("python", its target, {})."""
+    kind = kind_of(spec, "probe", usage=_USAGE)
+    if kind == "python":
+        return kind, spec.strip().partition(":")[2].strip(), {}
     if kind not in _SPECS:
         raise SpecError(f"probe spec {spec!r}: unknown probe kind {kind!r}; valid: {_USAGE}")
     takes_path, keys = _SPECS[kind]
-    parts = [p.strip() for p in rest.split(",")] if rest.strip() else []
-    path = None
-    if takes_path:
-        if not parts or not parts[0]:
-            raise SpecError(f"probe spec {spec!r}: {kind} needs a PATH ({kind}:PATH,...)")
-        path, parts = parts[0], parts[1:]
+    valid = ", ".join(keys) or "none"
+    tokens = tokenize(spec, "probe", takes_path=takes_path,
+                      usage=f"{kind}:{'PATH,' if takes_path else ''}key=value,... "
+                            f"(valid keys for {kind}: {valid})")
     options: dict[str, Any] = {}
-    for part in parts:
-        key, eq, value = (s.strip() for s in part.partition("="))
-        valid = ", ".join(keys) or "none"
-        if not eq or not key:
-            raise SpecError(f"probe spec {spec!r}: expected key=value, got {part!r} "
-                            f"(valid keys for {kind}: {valid}; paths may not contain ',')")
+    for key, value in tokens.fields.items():
         if key not in keys:
             raise SpecError(f"probe spec {spec!r}: unknown key {key!r} for {kind}; valid: {valid}")
-        if key in options:
-            raise SpecError(f"probe spec {spec!r}: key {key!r} given twice")
-        if not value:
-            raise SpecError(f"probe spec {spec!r}: key {key!r} has an empty value")
         conv, minimum = keys[key]
         if conv == "int":
             try:
-                num = int(value)
-            except ValueError:
-                raise SpecError(f"probe spec {spec!r}: {key} must be an integer, "
-                                f"got {value!r}") from None
+                num = convert(value, int, key)
+            except SpecError as e:
+                raise SpecError(f"probe spec {spec!r}: {e}") from None
             if minimum is not None and num < minimum:
                 raise SpecError(f"probe spec {spec!r}: {key} must be >= {minimum}, got {num}")
             options[key] = num
@@ -81,7 +75,7 @@ def _parse_spec(spec: str) -> tuple[str, str | None, dict[str, Any]]:
             options[key] = [v.strip() for v in value.split(";") if v.strip()]
         else:
             options[key] = value
-    return kind, path, options
+    return kind, tokens.path, options
 
 
 def load_probe(spec: str) -> ProbeDataset:
@@ -90,10 +84,18 @@ def load_probe(spec: str) -> ProbeDataset:
     - ``broden:PATH[,split=val][,max=N][,categories=object;part]``
     - ``folder:PATH[,image_size=N][,seg_size=N]``
     - ``synthetic:n=2000,seed=0[,image_size=112,seg_size=56]`` (all keys optional)
+    - ``python:<module or path.py>:<callable>[(key=literal, ...)]``: what the callable returns,
+      which must be a :class:`ProbeDataset`
 
     Malformed specs raise ``SpecError``; a malformed dataset raises ``ProbeFormatError``.
     """
     kind, path, opts = _parse_spec(spec)
+    if kind == "python":
+        probe = load_python_object(spec.strip(), "probe")
+        if not isinstance(probe, ProbeDataset):
+            raise SpecError(f"probe spec {spec!r}: it returned {type(probe).__name__}, "
+                            "expected a nemaudit.probe.ProbeDataset")
+        return probe
     if kind == "broden":
         return BrodenProbe(path, split=opts.get("split"), max_images=opts.get("max"),
                            categories=opts.get("categories"))

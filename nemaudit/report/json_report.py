@@ -24,7 +24,6 @@ import json
 import math
 import os
 import platform
-import re
 import socket
 import subprocess
 import sys
@@ -33,6 +32,8 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from nemaudit.specs import guess, tokenize
 
 SCHEMA = "nemaudit.report/2"
 #: schemas :func:`load_json` reads (a /1 file is a /2 file with the pictures left in)
@@ -152,27 +153,12 @@ _SKIP_KEYS = {"kind", "shared", "seed", "select"}
 
 def parse_spec(spec: str) -> dict[str, Any]:
     """A corruption spec string (``"pgd:eps=4/255,steps=10"``: sweep points and spec files carry
-    them) as a describe()-like dict, without importing torch: ints, floats, ``k/255``,
-    booleans, else text."""
-    kind, _, rest = str(spec).strip().partition(":")
-    out: dict[str, Any] = {"kind": kind.strip().lower()}
-    for field in rest.split(","):
-        key, eq, value = (x.strip() for x in field.partition("="))
-        if not (key and eq):
-            continue
-        ratio = re.fullmatch(r"(\d+(?:\.\d*)?)\s*/\s*(\d+(?:\.\d*)?)", value)
-        if value.lower() in ("true", "false"):
-            out[key] = value.lower() == "true"
-        elif re.fullmatch(r"[+-]?\d+", value):
-            out[key] = int(value)
-        elif ratio and float(ratio.group(2)):
-            out[key] = float(ratio.group(1)) / float(ratio.group(2))
-        else:
-            try:
-                out[key] = float(value)
-            except ValueError:
-                out[key] = value
-    return out
+    them) as a describe()-like dict, without importing torch: keys and values read as
+    :func:`nemaudit.corrupt.parse_corruption` reads them (:mod:`nemaudit.specs`), the type
+    guessed (:func:`nemaudit.specs.guess`). A report shows what it is given, so a malformed
+    field is skipped rather than an error."""
+    tokens = tokenize(str(spec), "corruption", strict=False)
+    return {"kind": tokens.kind, **{k: guess(v) for k, v in tokens.fields.items()}}
 
 
 def corruption_text(c: Mapping[str, Any] | None) -> str:

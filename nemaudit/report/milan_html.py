@@ -1,6 +1,6 @@
 """The MILAN part of a property's HTML section: descriptions clean vs corrupted, with exemplars.
 
-Reads the record's ``milan`` payload (:func:`nemaudit.audit.exemplars.milan_payload`): the
+Reads the record's ``milan`` payload (:func:`nemaudit.audit.milan.pictures.milan_payload`): the
 audit's metrics, one row per unit (both descriptions, their F1-BERT, manipulated or not) and,
 for the most changed units, their exemplar images with masks on each side.
 """
@@ -10,25 +10,24 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from nemaudit.report.html import _card, _e, _img
+from nemaudit.report.html_parts import card, card_row, esc, img
 from nemaudit.report.json_report import fmt_num, fmt_pct
 
 
 def _cards(m: Mapping[str, Any]) -> str:
     thr = m.get("threshold")
-    cards = [
-        _card("manipulated (MILAN)", fmt_pct(m.get("manipulated_rate")),
-              f"{m.get('changed', '?')} of {m.get('units', '?')} units at F1-BERT ≤ "
-              f"{fmt_num(thr, 3)}"),
-        _card("F1-BERT clean vs corrupted", f"{fmt_num(m.get('f1_mean'), 3)} ± "
-                                            f"{fmt_num(m.get('f1_std'), 3)}",
-              f"mean ± std over units; min {fmt_num(m.get('f1_min'), 3)}"),
-        _card("description changed", fmt_pct(m.get("description_change_rate")),
-              "units whose words differ at all"),
-        _card("exemplars kept", fmt_pct(m.get("exemplar_overlap_mean")),
-              "mean share of a unit's clean exemplars still among its top k"),
-    ]
-    return f'<div class="cards">{"".join(cards)}</div>'
+    return card_row([
+        card("manipulated (MILAN)", fmt_pct(m.get("manipulated_rate")),
+             f"{m.get('changed', '?')} of {m.get('units', '?')} units at F1-BERT ≤ "
+             f"{fmt_num(thr, 3)}"),
+        card("F1-BERT clean vs corrupted", f"{fmt_num(m.get('f1_mean'), 3)} ± "
+                                           f"{fmt_num(m.get('f1_std'), 3)}",
+             f"mean ± std over units; min {fmt_num(m.get('f1_min'), 3)}"),
+        card("description changed", fmt_pct(m.get("description_change_rate")),
+             "units whose words differ at all"),
+        card("exemplars kept", fmt_pct(m.get("exemplar_overlap_mean")),
+             "mean share of a unit's clean exemplars still among its top k"),
+    ])
 
 
 def _table(rows: Sequence[Mapping[str, Any]], table_id: str, interactive: bool) -> str:
@@ -37,7 +36,7 @@ def _table(rows: Sequence[Mapping[str, Any]], table_id: str, interactive: bool) 
         rows = [r for r in rows if r.get("clean") != r.get("corrupted")]
     head = "".join(
         f'<th class="{"sortable " if interactive else ""}{"num" if kind == "num" else ""}"'
-        f' data-type="{kind}">{_e(label)}</th>'
+        f' data-type="{kind}">{esc(label)}</th>'
         for label, kind in (("unit", "num"), ("clean description", "str"),
                             ("corrupted description", "str"), ("F1-BERT", "num"),
                             ("exemplars kept", "num"), ("manipulated", "num")))
@@ -48,8 +47,8 @@ def _table(rows: Sequence[Mapping[str, Any]], table_id: str, interactive: bool) 
         body.append(
             f'<tr class="{"changed" if r.get("manipulated") else ""}">'
             f'<td class="num" data-v="{int(r["unit"])}">{int(r["unit"])}</td>'
-            f'<td class="lab">{_e(r.get("clean"))}</td>'
-            f'<td class="lab">{_e(r.get("corrupted"))}</td>'
+            f'<td class="lab">{esc(r.get("clean"))}</td>'
+            f'<td class="lab">{esc(r.get("corrupted"))}</td>'
             f'<td class="num" data-v="{float(r.get("f1", 0))!r}">{float(r.get("f1", 0)):.3f}</td>'
             f'<td class="num" data-v="{kept / k!r}">{kept}/{k}</td>'
             f'<td data-v="{int(bool(r.get("manipulated")))}">'
@@ -57,18 +56,18 @@ def _table(rows: Sequence[Mapping[str, Any]], table_id: str, interactive: bool) 
     controls = ""
     if interactive:
         any_changed = any(r.get("manipulated") for r in rows)
-        controls = (f'<div class="controls" data-for="{_e(table_id)}" hidden>'
+        controls = (f'<div class="controls" data-for="{esc(table_id)}" hidden>'
                     '<input type="search" placeholder="filter: unit, words…" '
                     'aria-label="filter units">'
                     f'<label><input type="checkbox"{" checked" if any_changed else ""}> '
                     'manipulated only</label><span class="muted count-shown"></span></div>')
-    return (f'{controls}<div class="scroll"><table class="diff" id="{_e(table_id)}">'
+    return (f'{controls}<div class="scroll"><table class="diff" id="{esc(table_id)}">'
             f'<thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>')
 
 
 def _strip(images: Sequence[Mapping[str, Any]], side: str) -> str:
     figs = "".join(
-        f'<figure>{_img(im.get("png"), f"{side} exemplar with mask")}'
+        f'<figure>{img(im.get("png"), f"{side} exemplar with mask")}'
         f'<figcaption>#{int(im.get("index", -1))} · max {fmt_num(im.get("max"), 3)}'
         f'</figcaption></figure>' for im in images)
     return f'<div class="strip"><div class="side">{side}</div>{figs}</div>'
@@ -84,13 +83,13 @@ def _exemplars(milan: Mapping[str, Any]) -> str:
                  f'<span class="tag {"miss" if r.get("manipulated") else "hit"}">{verdict}'
                  '</span>')
         words = (f'<div class="words"><div><span class="muted">clean:</span> '
-                 f'“{_e(r.get("clean"))}”</div><div><span class="muted">corrupted:</span> '
-                 f'“{_e(r.get("corrupted"))}”</div></div>')
+                 f'“{esc(r.get("clean"))}”</div><div><span class="muted">corrupted:</span> '
+                 f'“{esc(r.get("corrupted"))}”</div></div>')
         strips = _strip(ex.get("clean") or [], "clean")
         if ex.get("corrupted"):
             strips += _strip(ex["corrupted"], "corrupted")
         elif ex.get("note"):
-            strips += f'<p class="muted">{_e(ex["note"])}</p>'
+            strips += f'<p class="muted">{esc(ex["note"])}</p>'
         blocks.append(f'<div class="ex milan"><div class="title">{title}</div>{words}'
                       f'{strips}</div>')
     if not blocks:

@@ -24,8 +24,6 @@ X_LABELS = {"sigma": "noise σ", "std": "noise σ", "eps": "ε (L∞ budget)",
             "layer": "layer", "seed": "seed"}
 #: kinds whose ``eps`` (attacks) or ``std`` (noise of exactly ±std) bounds every pixel's change:
 #: both are L∞ budgets and share one axis. Gaussian σ is not a bound, so it keeps its own.
-LINF_EPS_KINDS = ("pgd", "fgsm", "pgd-ce")
-LINF_STD_KINDS = ("bernoulli", "uniform")
 #: Xie-table columns in display order, with their Broden category
 XIE_COLUMNS = {"C": "color", "T": "texture", "S": "scene", "M": "material", "P": "part",
                "O": "object", "All": "all"}
@@ -73,7 +71,16 @@ def _as_dict(c: Any) -> dict[str, Any]:
 
 
 def _linf_key(kind: str) -> str | None:
-    return "eps" if kind in LINF_EPS_KINDS else "std" if kind in LINF_STD_KINDS else None
+    from nemaudit.corrupt.kinds import linf_key  # the registry says which key bounds L∞
+
+    return linf_key(kind)
+
+
+def _budget(kind: str) -> str | None:
+    from nemaudit.corrupt.kinds import KINDS
+
+    k = KINDS.get(kind)
+    return k.budget if k is not None else None
 
 
 def corruption_axes(corruption: Mapping[str, Any] | str | None) -> dict[str, float]:
@@ -86,7 +93,7 @@ def corruption_axes(corruption: Mapping[str, Any] | str | None) -> dict[str, flo
     key = _linf_key(kind)
     if key and _number(c.get(key)):
         out["linf"] = float(c[key])
-    if kind == "gaussian" and _number(c.get("std")):
+    if key is None and _budget(kind) == "std" and _number(c.get("std")):  # Gaussian σ
         out["std"] = float(c["std"])
     for k in ("fraction", "seed"):
         if _number(c.get(k)):
@@ -176,9 +183,19 @@ def _disambiguate(series: list[list]) -> None:
 OVERVIEW_AXES = ("layer", "std", "linf", "fraction")
 
 
+def _flip_payloads(record: Mapping[str, Any]) -> list[tuple[Mapping[str, Any], str]]:
+    """(payload, method name) of each method payload in ``record`` whose metrics have a flip
+    rate (the quantity the overview plots), in registry order."""
+    from nemaudit.audit.methods import record_payloads
+
+    return [(p, m.name) for m, p in record_payloads(record)
+            if _number((p.get("metrics") or {}).get("flip_rate"))]
+
+
 def session_sweeps(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Sweeps *across* test items, for the report's overview plots. Audited records (those with
-    ``audit.metrics.flip_rate``) are grouped by (model, probe, method); within that, records
+    a method payload whose metrics have ``flip_rate``: Network Dissection's ``audit``) are
+    grouped by (model, probe, method); within that, records
     identical except for the layer form a layer series (one per corruption), and records
     identical except for Gaussian σ, the L∞ budget or the poisoned fraction form a series per
     (kind, layer). Only series with ≥ 2 distinct x values are kept. A point's ``record`` is
@@ -189,19 +206,17 @@ def session_sweeps(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
 
     entries = []
     for i, r in enumerate(records, 1):
-        a = r.get("audit")
-        m = (a.get("metrics") if isinstance(a, Mapping) else None) or {}
-        if not _number(m.get("flip_rate")):
-            continue
-        c = {k: v for k, v in _as_dict(r.get("corruption") or a.get("corruption")).items()
-             if v is not None and k != "shared"}
-        layer = r.get("layer") or a.get("layer")
-        if not c or not layer:
-            continue
-        entries.append({"index": i, "name": str(r.get("name") or r.get("nodeid") or i),
-                        "base": (str(r.get("model") or "—"), str(r.get("probe") or "—"),
-                                 str(a.get("method") or "netdissect")),
-                        "layer": str(layer), "c": c, "axes": corruption_axes(c), "m": m})
+        for a, m in _flip_payloads(r):
+            c = {k: v for k, v in _as_dict(r.get("corruption") or a.get("corruption")).items()
+                 if v is not None and k != "shared"}
+            layer = r.get("layer") or a.get("layer")
+            if not c or not layer:
+                continue
+            entries.append({"index": i, "name": str(r.get("name") or r.get("nodeid") or i),
+                            "base": (str(r.get("model") or "—"), str(r.get("probe") or "—"),
+                                     str(a.get("method") or m)),
+                            "layer": str(layer), "c": c, "axes": corruption_axes(c),
+                            "m": a["metrics"]})
     layer_order: dict[str, int] = {}
     for e in entries:
         layer_order.setdefault(e["layer"], len(layer_order))

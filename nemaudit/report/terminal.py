@@ -56,7 +56,9 @@ def _number(v: Any) -> bool:
 def result_text(record: Mapping[str, Any], digits: int = 3) -> str:
     """What was measured against what, as the relation that actually holds: ``0.031 ≤ 0.25``
     for a pass, ``0.3 > 0.01`` for a failure; ``unchanged`` / ``3 units moved`` for baselines;
-    the audit's flip rate when no expectation was recorded (a passing Python ``assert``)."""
+    the first method payload's headline metric (``flip 6.2%``) when no expectation was
+    recorded (a passing Python ``assert``)."""
+    from nemaudit.audit.methods import record_payloads
     from nemaudit.report.json_report import fmt_num, fmt_pct
 
     expectation = str(record.get("expectation") or "")
@@ -72,11 +74,14 @@ def result_text(record: Mapping[str, Any], digits: int = 3) -> str:
     if m is None or not _number(bound):
         if _number(measured):
             return fmt_num(measured, digits)
-        flip = ((record.get("audit") or {}).get("metrics") or {}).get("flip_rate")
-        return f"flip {fmt_pct(flip)}" if _number(flip) else "—"
+        for method, payload in record_payloads(record):  # the first method's headline
+            if payload and method.headline:
+                v = (payload.get("metrics") or {}).get(method.headline)
+                return f"{method.headline_label} {fmt_pct(v)}" if _number(v) else "—"
+        return "—"
     if not _number(measured):
         return f"undefined {_SYMBOL[m['op']]} {fmt_num(bound, digits)}"
-    from nemaudit.spec import OPS  # the expectation grammar's own comparisons
+    from nemaudit.expectations import OPS  # the expectation grammar's own comparisons
 
     holds = OPS[m["op"]](measured, bound) if m["op"] in OPS else measured != bound
     sym = _SYMBOL[m["op"]] if holds else _NEGATED[m["op"]]

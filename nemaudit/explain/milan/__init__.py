@@ -13,9 +13,9 @@ Modules:
   average pooling), :class:`Captioner` (attention LSTM, p(d|E)), :class:`LanguageModel`
   (2-layer LSTM, p(d)); :class:`MilanSettings` holds MILAN's default sizes.
 - :mod:`.decode` — beam search and reranking.
-- :mod:`.data` — training descriptions written from the concept world's ground truth;
-  :mod:`.train` — ``python -m nemaudit.explain.milan.train`` writes the bundled
-  ``milan.pt``/``milan.json`` (metrics, vocabulary, settings, exact command).
+- Training (descriptions written from the concept world's ground truth, and the trainer
+  that writes the bundled ``milan.pt``/``milan.json``) lives in :mod:`nemaudit.training`
+  (``nemaudit train-milan``).
 - :mod:`.bertscore` — F1-BERT with the packaged MiniLM and :func:`calibrate_threshold`.
 - :mod:`.describer` — the :class:`Describer` interface and :class:`MilanDescriber`.
 - Audits live in :mod:`nemaudit.audit.milan` (:func:`~nemaudit.audit.milan.audit_milan`).

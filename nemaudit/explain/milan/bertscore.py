@@ -9,7 +9,7 @@ for an unknown model) and no baseline rescaling (it has no baseline file for it 
 Nothing is downloaded: ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` are set before loading.
 
 The raw MiniLM F1 lives on a different scale than rescaled roberta's, so 0.642 means nothing
-here. :data:`DEFAULT_THRESHOLD` was calibrated by ``python -m nemaudit.explain.milan.train``
+here. :data:`DEFAULT_THRESHOLD` was calibrated by ``python -m nemaudit.training.milan``
 with :func:`calibrate_threshold` on the offline annotations: F1 between paraphrases of the
 same unit (same pairs) versus descriptions of units about different concepts (different
 pairs, half of them from the same category: "red cars" vs "blue cars" must count as

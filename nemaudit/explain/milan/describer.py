@@ -51,7 +51,8 @@ from nemaudit.explain.milan.model import (
 )
 from nemaudit.model.bundled import WEIGHTS_DIR
 
-__all__ = ["CaptionerDescriber", "Describer", "MilanDescriber", "default_describer"]
+__all__ = ["CaptionerDescriber", "Describer", "MilanDescriber", "default_describer",
+           "resolve_describer"]
 
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "milan.pt"
 
@@ -87,7 +88,7 @@ class MilanDescriber:
         meta_path = path.with_suffix(".json")
         if not path.is_file() or not meta_path.is_file():
             raise FileNotFoundError(f"MILAN weights not found: {path} and {meta_path} are "
-                                    "written by python -m nemaudit.explain.milan.train")
+                                    "written by python -m nemaudit.training.milan")
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         cfg = MilanSettings.from_dict({**meta["settings"], **settings})
         vocab = Vocabulary.from_json(meta["vocab"])
@@ -151,7 +152,7 @@ def _encoder_network(info: dict, device: torch.device) -> torch.nn.Module:
             warnings.warn(f"the MILAN captioner was trained on the features of {spec} with "
                           f"weights {want[:12]}…, but those weights are now {str(have)[:12]}…; "
                           "descriptions may be poor until MILAN is retrained "
-                          "(python -m nemaudit.explain.milan.train)", stacklevel=3)
+                          "(python -m nemaudit.training.milan)", stacklevel=3)
     return model
 
 
@@ -159,6 +160,40 @@ def _encoder_network(info: dict, device: torch.device) -> torch.nn.Module:
 def default_describer(device: str = "cpu") -> MilanDescriber:
     """The bundled MILAN, loaded once per process."""
     return MilanDescriber.load(device=device)
+
+
+USAGE = ("milan:PATH (MILAN weights with their .json) or python:<module or path.py>:<callable>"
+         "[(key=value, ...)]; empty: the bundled MILAN")
+
+
+def resolve_describer(spec: Any = None, device: str | torch.device = "cpu",
+                      **settings: Any) -> Describer:
+    """The describer a spec names: ``None``/``""`` (bundled MILAN), ``"milan:PATH"``,
+    ``"python:module:callable(...)"``, or a :class:`Describer` object itself. ``settings``
+    (``beam_size``, ``lam``) apply to MILAN weights."""
+    from nemaudit.errors import SpecError
+    from nemaudit.imports import load_python_object
+
+    if spec is not None and not isinstance(spec, str):
+        obj: Any = spec
+    else:
+        text = (spec or "").strip()
+        kind, _, rest = text.partition(":")
+        try:
+            if not text:
+                obj = MilanDescriber.load(device=device, **settings)
+            elif kind.strip().lower() == "milan":
+                obj = MilanDescriber.load(rest.strip(), device=device, **settings)
+            elif kind.strip().lower() == "python":
+                obj = load_python_object(text, "describer")
+            else:
+                raise SpecError(f"describer spec {text!r}: expected {USAGE}")
+        except FileNotFoundError as e:
+            raise SpecError(f"describer spec {text!r}: {e}") from None
+    if not isinstance(obj, Describer):
+        raise SpecError(f"describer spec {spec!r}: {type(obj).__name__} has no "
+                        "describe(exemplars) method")
+    return obj
 
 
 class CaptionerDescriber:

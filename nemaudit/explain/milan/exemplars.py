@@ -2,8 +2,8 @@
 
 Steps 1–2 of the shared pipeline, at MILAN's settings (k = 15, η = 0.01, i.e. the 0.99
 quantile): the threshold T_u is the exact streaming quantile of every raw activation
-(:class:`~nemaudit.explain.quantile.TopQuantile`), the masks are
-:func:`~nemaudit.explain.masks.unit_masks` (bilinear upsample, strict ``>``).
+(:class:`~nemaudit.explain.common.quantile.TopQuantile`), the masks are
+:func:`~nemaudit.explain.common.masks.unit_masks` (bilinear upsample, strict ``>``).
 
 One forward pass does everything, with memory bounded by the units, not the probe: per unit a
 running top-``depth`` of (spatial max, image index) — and, within a memory budget, the raw
@@ -27,10 +27,10 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from nemaudit.explain.activations import check_finite, probe_loader, stream_activations
-from nemaudit.explain.incremental import _pad_by_unit
-from nemaudit.explain.masks import unit_masks
-from nemaudit.explain.quantile import TopQuantile, read_quantile
+from nemaudit.explain.common.activations import check_finite, probe_loader, stream_activations
+from nemaudit.explain.common.masks import unit_masks
+from nemaudit.explain.common.quantile import TopQuantile, read_quantile
+from nemaudit.explain.netdissect.incremental import _pad_by_unit
 from nemaudit.model.layers import LayerRecorder, validate_units
 from nemaudit.probe.base import ProbeBatch, ProbeDataset, collate
 from nemaudit.progress import progress_task
@@ -402,7 +402,7 @@ def update_exemplars(clean: Exemplars, rows: Sequence[int] | torch.Tensor,
     changed, new_maps = changed.to(device), new_maps.to(device)
     new_rows, new_images = new_rows.to(device), new_images.to(device)
     q = st.quant
-    # 1. thresholds: as nemaudit.explain.incremental.redissect, per row
+    # 1. thresholds: as nemaudit.explain.netdissect.incremental.redissect, per row
     kept = q.values[r].masked_fill(changed.gather(1, q.ids[r]), -torch.inf)
     flat = new_maps.flatten(1)
     cut = st.cut[r]

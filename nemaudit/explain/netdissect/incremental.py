@@ -20,9 +20,9 @@ import dataclasses
 
 import torch
 
-from nemaudit.explain.netdissect import Dissection, tally_cached_pairs
-from nemaudit.explain.quantile import read_quantile
-from nemaudit.explain.tally import IoUTally
+from nemaudit.explain.common.quantile import read_quantile
+from nemaudit.explain.netdissect.dissect import Dissection, tally_cached_pairs
+from nemaudit.explain.netdissect.tally import IoUTally
 from nemaudit.probe.base import ProbeDataset
 
 

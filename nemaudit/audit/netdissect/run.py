@@ -1,9 +1,9 @@
-"""Run an audit: the clean baseline once (cached), the corrupted side, and the diff.
+"""Run a Network Dissection audit: the clean side once (cached), the corrupted side, the diff.
 
 - Shared corruptions (noise, FGSM, PGD on the classifier) build one corrupted probe and
   re-dissect every unit on it. When they poison a share p ≤ ``incremental_max_share`` of the
   images, only those images are run through the model again
-  (:func:`nemaudit.explain.incremental.redissect`); otherwise the whole probe is.
+  (:func:`nemaudit.explain.netdissect.incremental.redissect`); otherwise the whole probe is.
 - The designed attack (Eq. 9) is per unit: unit u gets its own poisoned copy of the probe in
   which only the images holding its source or target concept change. Units are attacked in
   chunks (one forward/backward per PGD step for a chunk of units × images), and all attacked
@@ -19,14 +19,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from nemaudit.audit.cache import BaselineCache, baseline_key
-from nemaudit.audit.result import AuditResult, accuracy, compare
-from nemaudit.corrupt.base import Corruption, validate_units
-from nemaudit.explain.activations import probe_loader, stream_activations
-from nemaudit.explain.incremental import redissect
+from nemaudit.audit.netdissect.cache import CleanRunCache, clean_run_key
+from nemaudit.audit.netdissect.result import AuditResult, accuracy, compare
+from nemaudit.audit.request import AuditRequest, Resolved
+from nemaudit.corrupt.base import Corruption, UnitCorruption, validate_units
+from nemaudit.explain.common.activations import probe_loader, stream_activations
+from nemaudit.explain.common.quantile import TopQuantile
 from nemaudit.explain.netdissect import DissectConfig, Dissection, dissect, tally_cached_pairs
-from nemaudit.explain.quantile import TopQuantile
-from nemaudit.explain.tally import IoUTally
+from nemaudit.explain.netdissect.incremental import redissect
+from nemaudit.explain.netdissect.tally import IoUTally
 from nemaudit.model.layers import LayerRecorder
 from nemaudit.probe.base import ProbeDataset
 from nemaudit.progress import progress_task
@@ -44,7 +45,10 @@ class AuditConfig:
 
 
 @dataclass
-class Baseline:
+class CleanRun:
+    """The clean side of an audit: the dissection (with its incremental state) and the
+    classifier's predictions on the probe."""
+
     dissection: Dissection
     predictions: torch.Tensor | None  # [N] predicted class per probe image, if meaningful
     targets: torch.Tensor | None
@@ -75,20 +79,20 @@ def predict(model: torch.nn.Module, probe: ProbeDataset, device: torch.device,
     return torch.cat(preds), torch.cat(targets)
 
 
-def clean_baseline(model: torch.nn.Module, layer: str, probe: ProbeDataset,
+def clean_run(model: torch.nn.Module, layer: str, probe: ProbeDataset,
                    config: AuditConfig, device: torch.device,
-                   cache: BaselineCache | None = None, progress: bool = False) -> Baseline:
+                   cache: CleanRunCache | None = None, progress: bool = False) -> CleanRun:
     """The clean dissection with its incremental state, from the cache when possible."""
-    cache = cache or BaselineCache(None)
+    cache = cache or CleanRunCache(None)
     fp = model.fingerprint() if hasattr(model, "fingerprint") else None
     key = None
     if fp is not None:
-        key = baseline_key(fp, layer, probe.fingerprint(), config.dissect,
+        key = clean_run_key(fp, layer, probe.fingerprint(), config.dissect,
                            {"slack": config.slack})
         hit = cache.load(key, device)
         if hit is not None:
             d, extras = hit
-            return Baseline(d, extras.get("predictions"), extras.get("targets"))
+            return CleanRun(d, extras.get("predictions"), extras.get("targets"))
     d = dissect(model, layer, probe, config.dissect, device, progress=progress,
                 keep_state=True, slack=config.slack)
     preds = targets = None
@@ -96,7 +100,7 @@ def clean_baseline(model: torch.nn.Module, layer: str, probe: ProbeDataset,
         preds, targets = predict(model, probe, device, config.dissect.batch_size)
     if key is not None:
         cache.save(key, d, {"predictions": preds, "targets": targets})
-    return Baseline(d, preds, targets)
+    return CleanRun(d, preds, targets)
 
 
 def _new_pairs(model, layer, probe, indices, device, transform, cut, batch_size):
@@ -177,9 +181,8 @@ def _presence(probe: ProbeDataset, concepts: list[int], batch_size: int, device)
     return torch.cat(out)
 
 
-def _per_unit(model, layer, probe, corruption, base, config, device, units, progress):
-    from nemaudit.corrupt.pgd import untargeted_targets
-
+def _per_unit(model, layer, probe, corruption: UnitCorruption, base, config, device, units,
+              progress):
     clean = base.dissection
     labels, _ = clean.best()
     attacked = _pick_units(clean, units, config.max_units)
@@ -189,15 +192,10 @@ def _per_unit(model, layer, probe, corruption, base, config, device, units, prog
     if any(s == 0 for s in sources.values()):
         bad = [u for u, s in sources.items() if s == 0]
         raise ValueError(f"unit(s) {bad[:10]} have no clean concept (IoU 0): nothing to attack")
-    if corruption.targeted:
-        # a unit that already detects the target has nothing to flip to: not attacked
-        attacked = [u for u in attacked if sources[u] != int(corruption.target_id)]
-        if not attacked:
-            raise ValueError(f"every selected unit already detects the target {corruption.target!r}")
-        targets = {u: int(corruption.target_id) for u in attacked}
-    else:
-        runner_up = untargeted_targets(clean.iou().cpu(), labels.cpu())
-        targets = {u: int(runner_up[u]) for u in attacked}
+    targets = corruption.unit_targets_for(clean.iou().cpu(), labels.cpu(), attacked)
+    attacked = [u for u in attacked if u in targets]
+    if not attacked:
+        raise ValueError(f"every selected unit already detects the target {corruption.target!r}")
     needed = sorted(set(sources.values()) | set(targets.values()))
     pos = {c: i for i, c in enumerate(needed)}
     presence = _presence(probe, needed, config.dissect.batch_size, device).cpu()
@@ -322,7 +320,7 @@ def audit(model: torch.nn.Module, layer: str, probe: ProbeDataset,
     config = config or AuditConfig()
     device = torch.device(device)
     corruption = bound_corruption(corruption, probe)
-    base = clean_baseline(model, layer, probe, config, device, BaselineCache(cache_dir), progress)
+    base = clean_run(model, layer, probe, config, device, CleanRunCache(cache_dir), progress)
     if getattr(corruption, "shared", True):
         if units is not None:
             validate_units(units, base.dissection.units)
@@ -340,5 +338,31 @@ def audit(model: torch.nn.Module, layer: str, probe: ProbeDataset,
     info["images"] = len(probe)
     context = {"model": model, "probe": probe, "corruption": corruption, "config": config,
                "device": device, "targets": {r["unit"]: r["target"] for r in rows}}
-    return AuditResult(layer, corruption.describe(), rows, metrics, base.dissection, corrupted,
-                       info, context)
+    return AuditResult(layer, corruption.describe(), rows, metrics, info, base.dissection,
+                       corrupted, context)
+
+
+def audit_config(request: AuditRequest, resolved: Resolved) -> AuditConfig:
+    """The runner's settings from a request (its own ``eta``/``iou_threshold``) and the run's
+    batch size and default unit cap."""
+    kw: dict = {"batch_size": resolved.batch_size}
+    for key in ("eta", "iou_threshold"):
+        if request.get(key) is not None:
+            kw[key] = request.get(key)
+    cap = request.max_units if request.max_units is not None else resolved.max_units
+    return AuditConfig(dissect=DissectConfig(**kw), max_units=cap)
+
+
+def run_request(request: AuditRequest, resolved: Resolved) -> AuditResult:
+    """The registered method's entry point (:class:`nemaudit.audit.netdissect.NetDissect`)."""
+    return audit(resolved.model, resolved.layer, resolved.probe, resolved.corruption,
+                 audit_config(request, resolved), device=resolved.device,
+                 cache_dir=resolved.cache_dir, units=request.units, progress=resolved.progress)
+
+
+def clean_dissection(request: AuditRequest, resolved: Resolved) -> Dissection:
+    """The clean dissection a request's audit starts from (shared cache)."""
+    base = clean_run(resolved.model, resolved.layer, resolved.probe,
+                     audit_config(request, resolved), resolved.device,
+                     CleanRunCache(resolved.cache_dir), resolved.progress)
+    return base.dissection

@@ -47,7 +47,7 @@ class TopQuantile:
     ``values`` is ``[units, ≤capacity]``; ``count`` is how many values per unit have been
     seen. ``slack`` > 1 keeps more than the quantile needs, and ``ids`` (optional) records the
     probe image of every kept value: together they let an audit remove the values of changed
-    images and still read the exact quantile (:mod:`nemaudit.explain.incremental`).
+    images and still read the exact quantile (:mod:`nemaudit.explain.netdissect.incremental`).
     """
 
     level: float

@@ -1,4 +1,6 @@
-"""On-disk cache of clean baselines (a dissection plus its incremental state).
+"""On-disk cache of the clean side of audits (a dissection plus its incremental state).
+
+Not to be confused with committed explanation baselines (:mod:`nemaudit.baseline`).
 
 The key hashes everything that determines the clean result: the model's weights and
 normalisation, the layer, the probe's content, the method settings and the nemaudit
@@ -19,13 +21,13 @@ from pathlib import Path
 import torch
 
 import nemaudit
+from nemaudit.explain.common.quantile import TopQuantile
 from nemaudit.explain.netdissect import DissectConfig, Dissection, DissectState
-from nemaudit.explain.quantile import TopQuantile
-from nemaudit.explain.tally import IoUTally
+from nemaudit.explain.netdissect.tally import IoUTally
 from nemaudit.probe.base import Concept
 
 
-def baseline_key(model_fp: str, layer: str, probe_fp: str, config: DissectConfig,
+def clean_run_key(model_fp: str, layer: str, probe_fp: str, config: DissectConfig,
                  extra: dict | None = None) -> str:
     doc = {"model": model_fp, "layer": layer, "probe": probe_fp, "settings": config.as_dict(),
            "batch": config.batch_size, "extra": extra or {}, "version": nemaudit.__version__}
@@ -72,14 +74,14 @@ def _from_payload(p: dict, device: torch.device) -> Dissection:
                       DissectConfig(**p["config"]), json.loads(p["meta"]), state)
 
 
-class BaselineCache:
-    """A directory of clean baselines; ``None`` as directory disables caching."""
+class CleanRunCache:
+    """A directory of clean runs; ``None`` as directory disables caching."""
 
     def __init__(self, directory: str | Path | None) -> None:
         self.dir = Path(directory) if directory is not None else None
 
     def path(self, key: str) -> Path | None:
-        return None if self.dir is None else self.dir / f"baseline-{key}.pt"
+        return None if self.dir is None else self.dir / f"clean-{key}.pt"
 
     def load(self, key: str, device: torch.device | str = "cpu"
              ) -> tuple[Dissection, dict] | None:
@@ -92,7 +94,7 @@ class BaselineCache:
             extras = payload.get("extras") or {}
             return _from_payload(payload, torch.device(device)), extras
         except Exception as e:  # a truncated or foreign file: recompute, never trust it
-            warnings.warn(f"nemaudit: ignoring unreadable baseline cache {path} ({e}); "
+            warnings.warn(f"nemaudit: ignoring unreadable clean-run cache {path} ({e}); "
                           "recomputing", stacklevel=2)
             path.unlink(missing_ok=True)
             return None

@@ -4,7 +4,7 @@ One forward pass over the probe does three things per batch: it feeds the per-un
 quantile buffers, counts label areas, and keeps the raw maps of (image, unit) pairs that can
 still fire (their max is above the quantile's running lower bound — a small share once the
 buffers fill). When the thresholds are known, a second pass reads only the *labels* of the
-images with candidate pairs and tallies the masks (:mod:`nemaudit.explain.tally`). If the
+images with candidate pairs and tallies the masks (:mod:`.tally`). If the
 candidate cache ever exceeds its memory budget, it is dropped and the second pass re-runs the
 forward pass instead: slower, same result.
 """
@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from nemaudit.explain.activations import probe_loader, stream_activations
-from nemaudit.explain.quantile import TopQuantile, reference_level
-from nemaudit.explain.tally import IoUTally, check_label_range, label_tally, tally_pairs
+from nemaudit.explain.common.activations import probe_loader, stream_activations
+from nemaudit.explain.common.quantile import TopQuantile, reference_level
+from nemaudit.explain.netdissect.tally import IoUTally, check_label_range, label_tally, tally_pairs
 from nemaudit.probe.base import ProbeDataset
 from nemaudit.progress import progress_task
 
@@ -201,7 +201,7 @@ def dissect(model: torch.nn.Module, layer: str, probe: ProbeDataset,
     """Dissect ``layer`` of ``model`` (which takes [0, 1] images) on ``probe``.
 
     ``transform(batch) -> images`` corrupts each batch on the fly (nothing is saved);
-    ``keep_state`` keeps what :func:`nemaudit.explain.incremental.redissect` needs, with
+    ``keep_state`` keeps what :func:`nemaudit.explain.netdissect.incremental.redissect` needs, with
     ``slack``× the quantile buffer.
     """
     config = config or DissectConfig()

@@ -16,7 +16,7 @@ roberta-large; nemaudit's default is calibrated for its offline MiniLM, see
   recomputed exactly from the clean pass's kept state — only the poisoned images are run
   through the model again — and described with the poisoned pixels.
 
-The result mirrors :class:`~nemaudit.audit.result.AuditResult`: metrics read as attributes
+The result is a :class:`~nemaudit.audit.result.MethodResult`: metrics read as attributes
 return :class:`~nemaudit.audit.result.Metric` floats, so ``assert r.manipulated_rate <= 0.1``
 fails with the per-unit diff (both descriptions, their F1, and the exemplar images).
 """
@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 
-from nemaudit.audit.result import Metric
+from nemaudit.audit.request import AuditRequest, Resolved
+from nemaudit.audit.result import MethodResult
 from nemaudit.corrupt.base import Corruption, validate_units
 from nemaudit.explain.milan.exemplars import (
     ExemplarConfig,
@@ -73,51 +74,26 @@ class MilanAuditConfig:
 
 
 @dataclass
-class MilanAuditResult:
+class MilanAuditResult(MethodResult):
     """Clean vs corrupted descriptions of one layer's units, per unit and as metrics."""
 
     method = "milan"
-    layer: str
-    corruption: dict
-    rows: list[dict]
-    metrics: dict
-    meta: dict = field(default_factory=dict)
+    schema = SCHEMA
+    changed_flag = "manipulated"
+    changed_noun = "manipulated unit(s)"
     clean: Exemplars | None = field(default=None, repr=False)
     corrupted: Exemplars | None = field(default=None, repr=False)
-    #: live objects (model, probe, corruption, describer); not serialised
-    context: dict | None = field(default=None, repr=False)
 
-    def __getattr__(self, name: str) -> Metric:
-        metrics = self.__dict__.get("metrics", {})
-        if name in metrics and isinstance(metrics[name], (int, float)):
-            return Metric(metrics[name], name, self)  # type: ignore[arg-type]
-        raise AttributeError(f"MilanAuditResult has no attribute or metric {name!r}; "
-                             f"metrics: {sorted(metrics)}")
+    def diff_order(self, row: dict) -> float:
+        return row["f1"]
 
-    @property
-    def changed_units(self) -> list[dict]:
-        """Rows of the manipulated units."""
-        return [r for r in self.rows if r["manipulated"]]
-
-    def diff_lines(self, limit: int = 15, only_changed: bool = True) -> list[str]:
+    def diff_line(self, r: dict) -> str:
         """``unit 12: “red cars” → “the sky” (F1 0.41; exemplars [3,17,…] → [3,40,…], 5/15
         kept)``, lowest F1 first."""
-        rows = self.changed_units if only_changed else self.rows
-        rows = sorted(rows, key=lambda r: r["f1"])
-        out = []
-        for r in rows[:limit]:
-            out.append(f"unit {r['unit']:>4}: “{r['clean']}” → “{r['corrupted']}” "
-                       f"(F1 {r['f1']:.3f}; exemplars {_short(r['clean_exemplars'])} → "
-                       f"{_short(r['corrupted_exemplars'])}, {r['exemplars_kept']}/"
-                       f"{len(r['clean_exemplars'])} kept)")
-        if len(rows) > limit:
-            out.append(f"… {len(rows) - limit} more manipulated unit(s)")
-        return out
-
-    def to_json(self) -> dict:
-        return {"schema": SCHEMA, "method": "milan", "layer": self.layer,
-                "corruption": self.corruption, "metrics": self.metrics, "meta": self.meta,
-                "units": self.rows}
+        return (f"unit {r['unit']:>4}: “{r['clean']}” → “{r['corrupted']}” "
+                f"(F1 {r['f1']:.3f}; exemplars {_short(r['clean_exemplars'])} → "
+                f"{_short(r['corrupted_exemplars'])}, {r['exemplars_kept']}/"
+                f"{len(r['clean_exemplars'])} kept)")
 
 
 def _short(indices: list[int], n: int = 3) -> str:
@@ -261,6 +237,24 @@ def audit_milan(model: torch.nn.Module, layer: str, probe: ProbeDataset,
                "device": device, "describer": describer, "corrupted_pixels": pictures}
     return MilanAuditResult(layer, corruption.describe(), rows, metrics, info, clean,
                             corrupted, context)
+
+
+def run_request(request: AuditRequest, resolved: Resolved) -> MilanAuditResult:
+    """The registered method's entry point (:class:`nemaudit.audit.milan.Milan`)."""
+    overrides = {k: request.get(k) for k in ("beam_size", "lam") if request.get(k) is not None}
+    describer = resolved.resolve("describer", request.get("describer"), **overrides)
+    ex = {"batch_size": resolved.batch_size}
+    if request.get("exemplars") is not None:
+        ex["k"] = int(request.get("exemplars"))
+    if request.get("exemplar_eta") is not None:
+        ex["eta"] = float(request.get("exemplar_eta"))
+    cap = request.max_units if request.max_units is not None else resolved.max_units
+    config = MilanAuditConfig(exemplars=ExemplarConfig(**ex),
+                              threshold=request.get("f1_threshold"),
+                              attack_images=request.get("attack_images"), max_units=cap)
+    return audit_milan(resolved.model, resolved.layer, resolved.probe, resolved.corruption,
+                       describer=describer, config=config, device=resolved.device,
+                       units=request.units, progress=resolved.progress)
 
 
 def _per_unit(model: torch.nn.Module, layer: str, probe: ProbeDataset, corruption: Any,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from nemaudit.explain.masks import unit_masks
+from nemaudit.explain.common.masks import unit_masks
 
 
 @dataclass

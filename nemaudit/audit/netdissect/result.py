@@ -1,0 +1,114 @@
+"""AuditResult: the per-unit diff between a clean and a corrupted dissection, and metrics.
+
+Every metric is computed here from the two dissections (and, for accuracy, the per-image
+predictions), so each number a report prints can be traced to this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from nemaudit.audit.result import MethodResult
+from nemaudit.explain.netdissect import Dissection
+
+SCHEMA = "nemaudit.audit/1"
+#: the Xie table's columns: Broden categories by initial, plus All
+XIE = {"C": "color", "T": "texture", "S": "scene", "M": "material", "P": "part", "O": "object"}
+
+
+def _rate(flags: list[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
+
+
+@dataclass
+class AuditResult(MethodResult):
+    """Clean vs corrupted Network Dissection of one layer: per unit, both concepts and IoUs."""
+
+    method = "netdissect"
+    schema = SCHEMA
+    clean: Dissection | None = field(default=None, repr=False)
+    corrupted: Dissection | None = field(default=None, repr=False)
+
+    def diff_order(self, row: dict) -> float:
+        return -row["clean_iou"]
+
+    def diff_line(self, r: dict) -> str:
+        """``unit 12: car (0.081) → wheel (0.052)``."""
+        tgt = f" [target {r['target']}{' hit' if r['target_hit'] else ''}]" if r.get("target") else ""
+        return (f"unit {r['unit']:>4}: {r['clean_label'] or '—'} ({r['clean_iou']:.3f}) → "
+                f"{r['corrupted_label'] or '—'} ({r['corrupted_iou']:.3f}){tgt}")
+
+
+def compare(clean: Dissection, corrupted: Dissection, units: list[int] | None = None,
+            targets: dict[int, int] | None = None) -> tuple[list[dict], dict]:
+    """Rows and metrics for ``units`` (default: all) of two dissections of the same layer.
+
+    ``corrupted`` row u must be unit u's result in its own corrupted world (for per-unit
+    attacks) or in the shared corrupted probe (for noise)."""
+    units = list(range(clean.units)) if units is None else [int(u) for u in units]
+    c_lab, c_iou = clean.best()
+    k_lab, k_iou = corrupted.best()
+    k_full = corrupted.iou().cpu()
+    thr = clean.config.iou_threshold
+    name = lambda i: clean.concepts[i].name if i > 0 else None  # noqa: E731
+    cat = lambda i: clean.concepts[i].category if i > 0 else None  # noqa: E731
+    rows = []
+    for u in units:
+        cl, kl = int(c_lab[u]), int(k_lab[u])
+        row = {
+            "unit": u,
+            "clean_label": name(cl), "clean_category": cat(cl), "clean_iou": float(c_iou[u]),
+            "clean_detector": bool(c_iou[u] >= thr and cl > 0),
+            "corrupted_label": name(kl), "corrupted_category": cat(kl),
+            "corrupted_iou": float(k_iou[u]),
+            "corrupted_detector": bool(k_iou[u] >= thr and kl > 0),
+            "changed": cl != kl,
+            "source_iou_after": float(k_full[u, cl]) if cl > 0 else None,
+            "clean_threshold": float(clean.thresholds[u]),
+            "corrupted_threshold": float(corrupted.thresholds[u]),
+        }
+        row["source_iou_drop"] = (row["clean_iou"] - row["source_iou_after"]) if cl > 0 else None
+        t = (targets or {}).get(u)
+        row["target"] = name(t) if t else None
+        row["target_hit"] = bool(t and kl == t)
+        rows.append(row)
+    return rows, metrics_from_rows(rows, clean.categories, targets is not None)
+
+
+def metrics_from_rows(rows: list[dict], categories: list[str], targeted: bool) -> dict:
+    n = len(rows)
+    det = [r for r in rows if r["clean_detector"]]
+    m: dict = {
+        "units": n,
+        "flip_rate": _rate([r["changed"] for r in rows]) or 0.0,
+        "detectors": len(det),
+        "flip_rate_detectors": _rate([r["changed"] for r in det]),
+        "changed": sum(r["changed"] for r in rows),
+    }
+    if targeted:
+        m["targeted_success_rate"] = _rate([r["target_hit"] for r in rows if r["target"]])
+    drops = [r["source_iou_drop"] for r in rows if r["source_iou_drop"] is not None]
+    m["mean_source_iou_drop"] = sum(drops) / len(drops) if drops else None
+    m["per_category_flip_rate"] = {
+        c: _rate([r["changed"] for r in rows if r["clean_category"] == c]) for c in categories}
+    share = {}
+    for side in ("clean", "corrupted"):
+        per = {c: sum(r[f"{side}_detector"] and r[f"{side}_category"] == c for r in rows) / max(n, 1)
+               for c in categories}
+        per["all"] = sum(r[f"{side}_detector"] for r in rows) / max(n, 1)
+        share[side] = per
+    m["detector_share"] = share
+    m["detector_share_clean"] = share["clean"]["all"]
+    m["detector_share_corrupted"] = share["corrupted"]["all"]
+    m["xie_table"] = {side: {k: share[side].get(v) for k, v in XIE.items() if v in share[side]}
+                      | {"All": share[side]["all"]} for side in share}
+    return m
+
+
+def accuracy(pred: torch.Tensor, targets: torch.Tensor) -> float | None:
+    ok = targets >= 0
+    if not ok.any():
+        return None
+    return float((pred[ok] == targets[ok]).float().mean())

@@ -1,0 +1,96 @@
+"""What every ``nemaudit`` command shares: the model/probe/device flags, turning flags into
+audit requests (validated by the same rules as spec files), the Auditor, and writing JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from nemaudit.audit.request import AuditRequest
+
+#: request field → the flag that sets it (errors name the flag the user typed)
+FLAGS = {"model": "--model", "weights": "--weights", "normalize": "--normalize",
+         "probe": "--probe", "layer": "--layer", "corruption": "--corruption",
+         "units": "--units", "max_units": "--max-units", "eta": "--eta",
+         "iou_threshold": "--iou-threshold", "exemplars": "--k", "f1_threshold": "--threshold",
+         "describer": "--describer", "exemplar_eta": "--eta", "attack_images": "--attack-images",
+         "beam_size": "--beam-size", "lam": "--lam"}
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="nemaudit:conceptnet",
+                   help="torchvision:NAME, package.module:function, path/file.py:function or "
+                        "nemaudit:NAME (default: the bundled nemaudit:conceptnet)")
+    p.add_argument("--weights", default=None, help="local checkpoint (loaded with weights_only=True)")
+    p.add_argument("--normalize", default=None,
+                   help="imagenet | none | netdissect (the reference's (255x - mean)/(255*0.224)) "
+                        "| MEAN,MEAN,MEAN/STD,STD,STD (default: the model's own; imagenet for "
+                        "torchvision models)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--probe", default="synthetic:n=2000,seed=0",
+                   help="synthetic:n=2000,seed=0 | broden:PATH[,split=val][,max=N] | "
+                        "folder:PATH | python:module:callable(...)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_cache_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-dir", default=".nemaudit-cache",
+                   help="clean-run cache, shared with pytest --nemaudit (default .nemaudit-cache)")
+    p.add_argument("--no-cache", action="store_true")
+
+
+def units_arg(text: str | None) -> list[int] | None:
+    """``--units 0,3,7``; a bad list is a clear error naming the flag."""
+    from nemaudit.errors import SpecError
+
+    if not text:
+        return None
+    try:
+        return [int(u) for u in text.split(",") if u.strip()]
+    except ValueError:
+        raise SpecError(f"--units {text!r}: expected comma-separated unit indices, "
+                        "e.g. 0,3,7") from None
+
+
+def request(args: argparse.Namespace, method: str, **values: Any) -> AuditRequest:
+    """An audit request from the shared flags plus ``values``, validated as spec files are."""
+    return AuditRequest.build(method, name=lambda f: FLAGS.get(f, "--" + f.replace("_", "-")),
+                              model=args.model, weights=args.weights,
+                              normalize=args.normalize, probe=args.probe, **values)
+
+
+def auditor(args: argparse.Namespace, cache: bool = True) -> Any:
+    """The Auditor the command runs on (the same class the pytest fixture uses)."""
+    from nemaudit.auditor import Auditor
+
+    if args.batch_size < 1:
+        from nemaudit.errors import SpecError
+
+        raise SpecError(f"--batch-size {args.batch_size}: expected an integer >= 1")
+    cache_dir = None
+    if cache and not getattr(args, "no_cache", False):
+        cache_dir = getattr(args, "cache_dir", None)
+    return Auditor(args.device, cache_dir=cache_dir, batch_size=args.batch_size,
+                   progress=not args.quiet)
+
+
+def prepare(auditor: Any, requests: list[AuditRequest]) -> None:
+    """Resolve every request before any work, so a bad spec fails in a second, naming the
+    flag, not after the first layer's audit."""
+    from nemaudit.auditor import RequestError
+    from nemaudit.errors import SpecError
+
+    for r in requests:
+        try:
+            auditor.prepare(r)
+        except RequestError as e:
+            raise SpecError(f"{FLAGS.get(e.field, e.field)}: {e}") from None
+
+
+def write_json(out: Path, doc: dict) -> None:
+    from nemaudit.report.json_report import atomic_write_text
+
+    atomic_write_text(out, json.dumps(doc, indent=1))
