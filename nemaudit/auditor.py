@@ -179,12 +179,10 @@ class Auditor:
                         progress=self.progress, resolve=self._resolve)
 
     def prepare(self, request: AuditRequest) -> Resolved:
-        """:meth:`resolve`, plus what the method itself needs loaded (MILAN's describer)."""
+        """:meth:`resolve`, plus what the method itself needs loaded (its
+        :meth:`~nemaudit.audit.methods.Method.preload`: MILAN's describer)."""
         resolved = self.resolve(request, corruption=request.corruption is not None)
-        if request.method == "milan":
-            settings = {k: request.get(k) for k in ("beam_size", "lam")
-                        if request.get(k) is not None}
-            self.describer(request.get("describer"), **settings)
+        request.declaration.preload(request, self._resolve)
         return resolved
 
     # -- running ---------------------------------------------------------------------

@@ -33,8 +33,6 @@ __all__ = ["BASELINE", "OPS", "Expectation", "ExpectationError", "in_method", "m
 
 #: the word that makes a property compare the clean explanations with a committed baseline
 BASELINE = "unchanged_since_baseline"
-#: metrics that are a number, or with one key a per-category table of ``detector_share``
-_INDEXED_ELSEWHERE = ("detector_share_clean", "detector_share_corrupted")
 
 OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt,
@@ -81,11 +79,9 @@ class Expectation:
         if self.metric not in metrics:
             raise ExpectationError(f"{self.text!r}: this audit has no metric {self.metric!r} "
                                    f"(it has: {', '.join(sorted(metrics))})")
-        value: Any = metrics[self.metric]
+        m = method_of_prefix(self.metric) or get_method(DEFAULT_METHOD)
         keys = list(self.keys)
-        if keys and self.metric in _INDEXED_ELSEWHERE:  # a number, or a per-category table
-            side = self.metric.rsplit("_", 1)[1]
-            value = metrics.get("detector_share", {}).get(side, {})
+        value: Any = m.lookup(self.metric, self.keys, metrics)
         where = self.metric
         for k in keys:
             if not isinstance(value, Mapping) or k not in value:

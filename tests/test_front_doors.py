@@ -203,3 +203,114 @@ def test_fixture_and_cli_give_the_same_result(pytester, tmp_path):
                           "--no-cache", *BASE])["audits"][0]
     assert cli["units"] == fixture["units"] and cli["metrics"] == fixture["metrics"]
     assert cli["corruption"] == fixture["corruption"]  # the same seed=0 filled in by both
+
+
+SHIFT_METHOD = '''
+"""A third explanation method, registered from outside the package: a unit's mean activation."""
+from nemaudit.audit.fields import Field, check_float
+from nemaudit.audit.methods import Method, MetricShape
+from nemaudit.audit.result import MethodResult
+
+
+class ShiftResult(MethodResult):
+    method = "shift"
+    schema = "toy.shift/1"
+
+    def diff_line(self, r):
+        return f"unit {r['unit']}: {r['clean']:.3f} -> {r['corrupted']:.3f}"
+
+
+class Shift(Method):
+    name, prefix, title, verb, record_key = "shift", "shift.", "Mean shift", "shift", "shift"
+    headline, headline_label = "changed_rate", "shifted"
+    metrics = {"units": MetricShape(), "changed_rate": MetricShape()}
+    fields = {"min_shift": Field(check_float(0.0, None), "shift that counts as a change")}
+
+    def run(self, request, resolved):
+        import torch
+
+        from nemaudit.corrupt.spec import bound_corruption
+        from nemaudit.explain.common.activations import probe_loader, stream_activations
+
+        corruption = bound_corruption(resolved.corruption, resolved.probe)
+        sides = []
+        for transform in (None, lambda b: corruption(b, resolved.model)):
+            loader = probe_loader(resolved.probe, resolved.batch_size)
+            acts = [a.mean(dim=(2, 3)) for _, a in stream_activations(
+                resolved.model, resolved.layer, loader, resolved.device, transform)]
+            sides.append(torch.cat(acts).mean(dim=0))
+        tol = request.get("min_shift", 0.0)
+        rows = [{"unit": u, "clean": float(c), "corrupted": float(k),
+                 "changed": abs(float(c) - float(k)) > tol}
+                for u, (c, k) in enumerate(zip(*sides))]
+        metrics = {"units": len(rows), "changed_rate": sum(r["changed"] for r in rows) / len(rows)}
+        return ShiftResult(resolved.layer, corruption.describe(), rows, metrics)
+
+    def section(self, payload, index, interactive, diff_limit=None):
+        return f'<div class="shift-section">{len(payload["units"])} units shifted</div>'
+'''
+
+
+def test_a_third_method_needs_only_its_own_files_and_a_registry_line(pytester, monkeypatch,
+                                                                     tmp_path):
+    """A method registered from a conftest (its files + one METHODS line, nothing in nemaudit
+    edited) is reachable from spec files, the fixture and the CLI, and reported."""
+    pytester.makepyfile(toys=Path(TOYS).read_text(), shift_method=SHIFT_METHOD)
+    pytester.makeconftest("""
+        from nemaudit.audit.methods import METHODS
+        METHODS["shift"] = "shift_method:Shift"
+    """)
+    pytester.makefile(".toml", nemaudit_shift="""
+        [defaults]
+        model = "toys.py:ToyNet"
+        normalize = "none"
+        probe = "python:toys.py:ToyProbe(n=16)"
+
+        [[property]]
+        name = "shift under noise"
+        layers = ["layer2"]
+        corruption = "gaussian:std=0.3"
+        min_shift = 0.0
+        expect = "shift.changed_rate >= 0.25"
+
+        [[property]]
+        name = "strict shift"
+        layers = ["layer2"]
+        method = "shift"
+        corruption = "gaussian:std=0.3"
+        min_shift = 1000.0
+        expect = "changed_rate >= 0.5"
+    """)
+    pytester.makepyfile(test_shift="""
+        def test_verb(nemaudit):
+            r = nemaudit.shift(model="toys.py:ToyNet", probe="python:toys.py:ToyProbe(n=16)",
+                               layer="layer2", normalize="none", corruption="gaussian:std=0.3")
+            assert r.changed_rate <= 1.0
+            assert nemaudit.expect(r, "changed_rate <= 1").name == "shift.changed_rate"
+    """)
+    result = pytester.runpytest_subprocess("--nemaudit", "--nemaudit-cache-dir", "none",
+                                           "--nemaudit-json", "r.json", "--nemaudit-html",
+                                           "r.html", "-p", "no:randomly")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*strict shift*",
+                                 "shift.changed_rate >= 0.5 does not hold: measured 0, bound 0.5",
+                                 "*0/16 units changed"])
+    doc = json.loads((pytester.path / "r.json").read_text())
+    recs = {r["name"]: r for r in doc["records"]}
+    assert recs["shift under noise[layer2]"]["shift"]["method"] == "shift"
+    assert recs["test_verb"]["measured"] == recs["test_verb"]["shift"]["metrics"]["changed_rate"]
+    html = (pytester.path / "r.html").read_text()
+    assert html.count('class="shift-section"') == 3
+    # and the CLI, in this process: `nemaudit audit --method shift --set min_shift=...`
+    from nemaudit.audit import methods
+
+    monkeypatch.syspath_prepend(str(pytester.path))
+    monkeypatch.setitem(methods.METHODS, "shift", "shift_method:Shift")
+    monkeypatch.setattr(methods, "_LOADED", {})
+    toys = str(pytester.path / "toys.py")
+    doc = _out(tmp_path, ["audit", "--method", "shift", "--set", "min_shift=1000",
+                          "--model", f"{toys}:ToyNet", "--probe", f"python:{toys}:ToyProbe(n=16)",
+                          "--corruption", "gaussian:std=0.3", "--no-cache", *BASE])
+    assert doc["audits"][0]["method"] == "shift" and doc["audits"][0]["metrics"] == {
+        "units": 16, "changed_rate": 0.0}
+

@@ -67,12 +67,22 @@ class Method:
         """A message when ``metric[keys]`` is malformed whatever the probe (grammar time)."""
         return None
 
+    def lookup(self, metric: str, keys: tuple[str, ...], metrics: Mapping[str, Any]) -> Any:
+        """The value ``metric`` (as written, with the prefix) starts from before its ``keys``
+        index it; a method whose metric is a number bare and a table with keys overrides
+        this."""
+        return metrics[metric]
+
     def check_expectation(self, metric: str, keys: tuple[str, ...], probe: Any) -> str | None:
         """A message when ``metric[keys]`` cannot exist for ``probe`` (e.g. an unknown
         category), checked before the audit runs; None when fine."""
         return None
 
     # -- work (imports torch) -----------------------------------------------------------
+    def preload(self, request: Any, resolve: Any) -> None:
+        """Load what this method's audit of ``request`` will need besides the model, probe
+        and corruption (``resolve(kind, spec, **settings)``), so a bad spec fails at setup."""
+
     def run(self, request: Any, resolved: Any) -> Any:
         """Audit ``request`` (an :class:`~nemaudit.audit.request.AuditRequest`, clean vs
         corrupted) on the resolved model, probe and layer

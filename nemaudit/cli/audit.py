@@ -1,4 +1,8 @@
-"""``nemaudit audit``: Network Dissection clean vs corrupted, metrics and the per-unit diff."""
+"""``nemaudit audit``: a layer's explanations clean vs corrupted, metrics and the per-unit diff.
+
+Network Dissection by default; ``--method NAME`` audits with any registered method
+(:data:`nemaudit.audit.methods.METHODS`), its own settings given as ``--set key=value``.
+"""
 
 from __future__ import annotations
 
@@ -20,9 +24,16 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--units", default=None, help="comma-separated unit indices (default: all)")
     p.add_argument("--max-units", type=int, default=None,
                    help="per-unit attacks: attack at most this many units (evenly spaced)")
-    p.add_argument("--eta", type=float, default=0.005)
+    p.add_argument("--method", default="netdissect",
+                   help="the explanation method audited (default netdissect; milan, or any "
+                        "registered method)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                   help="a setting of the method (repeatable), e.g. --set exemplars=5 with "
+                        "--method milan; the spec-file fields of that method")
+    p.add_argument("--eta", type=float, default=None, help="Network Dissection: top-η "
+                                                          "quantile (default 0.005)")
     p.add_argument("--iou-threshold", type=float, default=None,
-                   help="IoU of a detector (default 0.04)")
+                   help="Network Dissection: IoU of a detector (default 0.04)")
     common.add_cache_args(p)
     p.add_argument("--out", default=None, help="write per-unit rows and metrics as JSON here")
     p.add_argument("--show", type=int, default=15, help="changed units shown")
@@ -32,12 +43,21 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from nemaudit.audit.methods import DEFAULT_METHOD, get_method
     from nemaudit.report.terminal import audit_table
 
     units = common.units_arg(args.units)
-    requests = [common.request(args, "netdissect", layer=layer, corruption=spec, units=units,
-                               max_units=args.max_units, eta=args.eta,
-                               iou_threshold=args.iou_threshold)
+    own = common.settings_arg(args.settings)
+    if args.method == DEFAULT_METHOD:
+        own.update(eta=args.eta, iou_threshold=args.iou_threshold)
+    elif args.eta is not None or args.iou_threshold is not None:
+        from nemaudit.errors import SpecError
+
+        raise SpecError(f"--eta and --iou-threshold are Network Dissection settings; with "
+                        f"--method {args.method} give its own with --set (valid: "
+                        f"{', '.join(get_method(args.method).fields) or 'none'})")
+    requests = [common.request(args, args.method, layer=layer, corruption=spec, units=units,
+                               max_units=args.max_units, **own)
                 for layer in args.layer for spec in args.corruption]
     auditor = common.auditor(args)
     common.prepare(auditor, requests)
@@ -47,7 +67,13 @@ def run(args: argparse.Namespace) -> int:
         r = auditor.run(req)
         r.meta.update({"model": args.model, "probe_spec": args.probe,
                        "device": str(auditor.device)})
-        console.print(audit_table(r, max_rows=args.show))
+        if r.method == DEFAULT_METHOD:
+            console.print(audit_table(r, max_rows=args.show))
+        else:
+            console.print(f"{r.layer} · {req.corruption}: "
+                          f"{get_method(r.method).change_summary(r.metrics)}", markup=False)
+            for line in r.diff_lines(args.show):
+                console.print("  " + line, markup=False)
         docs.append(r.to_json())
     if args.out:
         common.write_json(Path(args.out), {"schema": "nemaudit.audit-run/1", "audits": docs})

@@ -55,9 +55,23 @@ def units_arg(text: str | None) -> list[int] | None:
                         "e.g. 0,3,7") from None
 
 
+def settings_arg(pairs: list[str]) -> dict[str, Any]:
+    """``--set key=value`` pairs → typed settings (numbers, booleans, else text)."""
+    from nemaudit.errors import SpecError
+    from nemaudit.specs import guess, normalize_key
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip() or not value.strip():
+            raise SpecError(f"--set {pair!r}: expected KEY=VALUE")
+        out[normalize_key(key)] = guess(value)
+    return out
+
+
 def request(args: argparse.Namespace, method: str, **values: Any) -> AuditRequest:
     """An audit request from the shared flags plus ``values``, validated as spec files are."""
-    return AuditRequest.build(method, name=lambda f: FLAGS.get(f, "--" + f.replace("_", "-")),
+    return AuditRequest.build(method, name=lambda f: FLAGS.get(f, f"--set {f}="),
                               model=args.model, weights=args.weights,
                               normalize=args.normalize, probe=args.probe, **values)
 

@@ -46,6 +46,9 @@ class Milan(Method):
                                               "p(d) (default 0.2)"),
     }
 
+    def preload(self, request, resolve) -> None:
+        resolve("describer", request.get("describer"), **describer_settings(request))
+
     def run(self, request, resolved):
         from nemaudit.audit.milan.run import run_request
 
@@ -66,6 +69,11 @@ class Milan(Method):
         return (f"{metrics.get('changed', 0)}/{metrics.get('units', 0)} unit descriptions "
                 f"manipulated (F1-BERT ≤ {metrics.get('threshold', 0):.3f}; mean F1 "
                 f"{metrics.get('f1_mean', 1):.3f})")
+
+
+def describer_settings(request: Any) -> dict[str, Any]:
+    """The decoding settings a request gives its MILAN describer (``beam_size``, ``lam``)."""
+    return {k: request.get(k) for k in ("beam_size", "lam") if request.get(k) is not None}
 
 
 def __getattr__(name: str) -> Any:

@@ -241,8 +241,10 @@ def audit_milan(model: torch.nn.Module, layer: str, probe: ProbeDataset,
 
 def run_request(request: AuditRequest, resolved: Resolved) -> MilanAuditResult:
     """The registered method's entry point (:class:`nemaudit.audit.milan.Milan`)."""
-    overrides = {k: request.get(k) for k in ("beam_size", "lam") if request.get(k) is not None}
-    describer = resolved.resolve("describer", request.get("describer"), **overrides)
+    from nemaudit.audit.milan import describer_settings
+
+    describer = resolved.resolve("describer", request.get("describer"),
+                                 **describer_settings(request))
     ex = {"batch_size": resolved.batch_size}
     if request.get("exemplars") is not None:
         ex["k"] = int(request.get("exemplars"))
