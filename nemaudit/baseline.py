@@ -14,12 +14,12 @@ Pure Python: the caller passes the rows of a :class:`~nemaudit.explain.netdissec
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from nemaudit.files import atomic_write_text
 
 SCHEMA = "nemaudit.baseline/1"
 BASELINE_DIR = "__nemaudit_baselines__"
@@ -52,18 +52,6 @@ def render(doc: dict) -> str:
     text = json.dumps(head, indent=1, sort_keys=True)
     units = ",\n".join("  " + json.dumps(u, sort_keys=True) for u in doc.get("units", []))
     return text[:-2] + ',\n "units": [\n' + units + "\n ]\n}\n"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass
@@ -167,7 +155,7 @@ def check_baseline(path: Path, doc: dict, *, update: bool,
     if update:
         old_text = path.read_text(encoding="utf-8") if path.is_file() else None
         if old_text != text:
-            write_atomic(path, text)
+            atomic_write_text(path, text)
             check.status = "written"
         return check
     if not path.is_file():

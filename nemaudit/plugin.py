@@ -138,7 +138,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if o.enabled and state.is_controller:
         info = state.records.session_info(session.config, o, state.device_name,
                                           int(exitstatus))
-        state.records.write_reports(info, {"json": o.json, "html": o.html})
+        state.records.write_reports(info, {"json": o.json, "html": o.html}, o.cache_dir)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config

@@ -118,7 +118,11 @@ def test_interrupted_cache_write_leaves_nothing(toy, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(KeyboardInterrupt):
         audit(model, "layer2", probe, "gaussian:std=0.2", CFG, cache_dir=tmp_path)
-    assert list(tmp_path.iterdir()) == []
+    # no entry and no half-written file: only the folder's tag and the entry's lock
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left[0] == "CACHEDIR.TAG" and all(n.endswith(".pt.lock") for n in left[1:])
+    assert (tmp_path / "CACHEDIR.TAG").read_text().startswith(
+        "Signature: 8a477f597d28d172789f06886806bc55")
 
 
 def test_cache_key_changes_with_weights(toy, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -72,11 +73,34 @@ def test_torchvision_without_weights_is_random_and_never_downloads(monkeypatch):
     real = torchvision.models.get_model
     monkeypatch.setattr(torchvision.models, "get_model",
                         lambda name, **kw: calls.append(kw) or real(name, **kw))
-    m = load_model("torchvision:resnet18", device="cpu")
+    m = load_model("torchvision:resnet18", weights="random", device="cpu")
     assert calls == [{"weights": None}]
     assert "layer4" in layer_names(m) and "model.layer4" not in layer_names(m)
     with pytest.raises(ModelSpecError, match="never downloads"):
         load_model("torchvision:resnet18(weights='DEFAULT')")
+    # no weights at all is an explicit choice, not a silent random network
+    with pytest.raises(ModelSpecError, match="has no weights.*weights='random'"):
+        load_model("torchvision:resnet18", device="cpu")
+
+
+def test_safetensors_checkpoints_load_and_random_weights_are_explicit(tmp_path):
+    from safetensors.torch import save_file
+
+    from tests.toys import ToyNet
+
+    net = ToyNet(seed=3)
+    path = tmp_path / "toy.safetensors"
+    save_file(net.state_dict(), str(path))
+    m = load_model(f"{Path(__file__).with_name('toys.py')}:ToyNet", weights=path,
+                   normalize="none", device="cpu")
+    for k, v in net.state_dict().items():
+        assert torch.equal(m.model.state_dict()[k], v)
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelSpecError, match="bad.safetensors"):
+        load_model("torchvision:resnet18", weights=tmp_path / "bad.safetensors")
+    bundled = load_model("nemaudit:conceptnet", device="cpu")
+    random = load_model("nemaudit:conceptnet", weights="random", device="cpu")
+    assert bundled.fingerprint() != random.fingerprint()
 
 
 def test_strict_mismatch_names_keys(tmp_path, resnet_sd):
@@ -169,7 +193,7 @@ def test_bad_specs(spec, pattern):
 
 def test_checkpoint_given_as_spec_explains_weights(tmp_path):
     torch.save(tiny_net().state_dict(), tmp_path / "m.pt")
-    with pytest.raises(ModelSpecError, match="not the architecture.*--nemaudit-weights"):
+    with pytest.raises(ModelSpecError, match="not the architecture.*--weights"):
         load_model(str(tmp_path / "m.pt"))
 
 
@@ -233,7 +257,7 @@ def test_parse_normalize_forms():
 # ----------------------------------------------------------------------------- layers
 
 def test_wrong_layer_lists_valid_names():
-    m = load_model("torchvision:resnet18")
+    m = load_model("torchvision:resnet18", weights="random")
     with pytest.raises(ModelSpecError) as e:
         resolve_layer(m, "layer5")
     msg = str(e.value)

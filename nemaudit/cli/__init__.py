@@ -16,7 +16,10 @@ from nemaudit.errors import NemauditError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nemaudit import __version__
+
     parser = argparse.ArgumentParser(prog="nemaudit", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"nemaudit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     dissect.add_parser(sub)
     audit.add_parser(sub)

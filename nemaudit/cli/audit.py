@@ -7,7 +7,6 @@ Network Dissection by default; ``--method NAME`` audits with any registered meth
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from nemaudit.cli import common
@@ -60,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
                                max_units=args.max_units, **own)
                 for layer in args.layer for spec in args.corruption]
     auditor = common.auditor(args)
-    common.prepare(auditor, requests)
+    common.prepare(args, auditor, requests)
     console = Console()
     docs = []
     for req in requests:
@@ -75,7 +74,5 @@ def run(args: argparse.Namespace) -> int:
             for line in r.diff_lines(args.show):
                 console.print("  " + line, markup=False)
         docs.append(r.to_json())
-    if args.out:
-        common.write_json(Path(args.out), {"schema": "nemaudit.audit-run/1", "audits": docs})
-        console.print(f"wrote {args.out}", markup=False)
-    return 0
+    doc = {"schema": "nemaudit.audit-run/1", "audits": docs}
+    return common.write_json(args, doc, console) if args.out else 0

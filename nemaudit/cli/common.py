@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+import sys
 from typing import Any
 
 from nemaudit.audit.request import AuditRequest
@@ -91,12 +91,13 @@ def auditor(args: argparse.Namespace, cache: bool = True) -> Any:
                    progress=not args.quiet)
 
 
-def prepare(auditor: Any, requests: list[AuditRequest]) -> None:
-    """Resolve every request before any work, so a bad spec fails in a second, naming the
-    flag, not after the first layer's audit."""
+def prepare(args: argparse.Namespace, auditor: Any, requests: list[AuditRequest]) -> None:
+    """Check ``--out`` and resolve every request before any work, so a bad path or spec
+    fails in a second, naming the flag, not after the first layer's audit."""
     from nemaudit.auditor import RequestError
     from nemaudit.errors import SpecError
 
+    check_out(args)
     for r in requests:
         try:
             auditor.prepare(r)
@@ -104,7 +105,27 @@ def prepare(auditor: Any, requests: list[AuditRequest]) -> None:
             raise SpecError(f"{FLAGS.get(e.field, e.field)}: {e}") from None
 
 
-def write_json(out: Path, doc: dict) -> None:
-    from nemaudit.report.json_report import atomic_write_text
+def check_out(args: argparse.Namespace) -> None:
+    """A bad ``--out`` fails now, before any forward pass, not after the whole run."""
+    if getattr(args, "out", None):
+        from nemaudit.files import check_output
 
-    atomic_write_text(out, json.dumps(doc, indent=1))
+        check_output(args.out, "--out")
+
+
+def write_json(args: argparse.Namespace, doc: dict, console: Any) -> int:
+    """Write ``--out``; if that fails after all (disk full, folder gone), keep the result
+    beside the cache and say where (exit code 1: the requested file is not there)."""
+    from nemaudit.files import atomic_write_text, save_elsewhere
+
+    text = json.dumps(doc, indent=1)
+    try:
+        atomic_write_text(args.out, text)
+    except OSError as e:
+        kept = save_elsewhere(text.encode(), f"{args.command}.json",
+                              [getattr(args, "cache_dir", None), ".nemaudit-cache"])
+        print(f"nemaudit: could not write {args.out} ({e}); the result is saved in {kept}",
+              file=sys.stderr)
+        return 1
+    console.print(f"wrote {args.out}", markup=False)
+    return 0

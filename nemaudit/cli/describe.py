@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 from nemaudit.cli import common
@@ -74,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     audits = {layer: [common.request(args, "milan", layer=layer, corruption=spec, **settings)
                       for spec in args.corruption or []] for layer in args.layer}
     auditor = common.auditor(args, cache=False)
-    common.prepare(auditor, [*plain, *(r for rs in audits.values() for r in rs)])
+    common.prepare(args, auditor, [*plain, *(r for rs in audits.values() for r in rs)])
     console = Console()
     first = plain[0]
     describer = auditor.describer(first.get("describer"), **{
@@ -87,10 +86,7 @@ def run(args: argparse.Namespace) -> int:
         doc["layers"].append(_describe(auditor, req, describer, args, console))
         for audit_req in audits[req.layer]:
             doc["audits"].append(_audit(auditor, audit_req, args, console))
-    if args.out:
-        common.write_json(Path(args.out), doc)
-        console.print(f"wrote {args.out}", markup=False)
-    return 0
+    return common.write_json(args, doc, console) if args.out else 0
 
 
 def _describe(auditor: Any, req: Any, describer: Any, args: argparse.Namespace,

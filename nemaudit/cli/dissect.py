@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import Any
 
 from nemaudit.cli import common
@@ -32,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     requests = [common.request(args, "netdissect", layer=layer, eta=args.eta,
                                iou_threshold=args.iou_threshold) for layer in args.layer]
     auditor = common.auditor(args)
-    common.prepare(auditor, requests)
+    common.prepare(args, auditor, requests)
     console = Console(stderr=False)
     results = []
     for req in requests:
@@ -46,7 +45,4 @@ def run(args: argparse.Namespace) -> int:
         results.append(d)
         console.print(dissection_table(d, max_rows=args.show))
     doc = {"schema": "nemaudit.dissect-run/1", "layers": [d.to_json() for d in results]}
-    if args.out:
-        common.write_json(Path(args.out), doc)
-        console.print(f"wrote {args.out}", markup=False)
-    return 0
+    return common.write_json(args, doc, console) if args.out else 0

@@ -13,6 +13,9 @@ from typing import Any
 
 import pytest
 
+from nemaudit.errors import SpecError
+from nemaudit.files import check_output
+
 #: name → (ini type, help). Each is ``--nemaudit-<name>`` and ini ``nemaudit_<name>``.
 OPTIONS: dict[str, tuple[str, str]] = {
     "device": ("string", "auto | cpu | cuda | cuda:N | mps (default auto: the GPU if any)"),
@@ -109,8 +112,10 @@ def parse_options(config: pytest.Config) -> Options:
             if not str(value).strip():
                 raise pytest.UsageError(f"{src}: expected a file path, got {value!r}")
             path = base / Path(str(value)).expanduser()
-            if path.is_dir():
-                raise pytest.UsageError(f"{src}: {path} is a directory; expected a file path")
+            try:  # a report that cannot be written fails now, not after every audit ran
+                check_output(str(path) + ("/" if str(value).endswith("/") else ""), src)
+            except SpecError as e:
+                raise pytest.UsageError(str(e)) from None
             setattr(opts, name, path)
     value, src, _ = _raw(config, "cache-dir")
     if value is None:

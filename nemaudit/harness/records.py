@@ -243,8 +243,10 @@ class Records:
             "counts": counts,
         })
 
-    def write_reports(self, info: dict, paths: dict[str, Path | None]) -> None:
-        """Write the JSON/HTML reports (``paths[kind]``) from every record."""
+    def write_reports(self, info: dict, paths: dict[str, Path | None],
+                      keep_in: Path | None = None) -> None:
+        """Write the JSON/HTML reports (``paths[kind]``) from every record; a report whose
+        path fails at the end is kept in ``keep_in`` (the cache folder) instead, and said."""
         records = self.ordered()
         for kind, path in paths.items():
             if path is None:
@@ -253,8 +255,26 @@ class Records:
                 _writer(kind)(path, records, info)
                 self.written.append((kind, path))
             except Exception as e:  # a broken writer must not hide the test results
-                self.errors.append(f"writing the {kind.upper()} report {path} failed: "
-                                   f"{type(e).__name__}: {e}")
+                msg = f"writing the {kind.upper()} report {path} failed: {type(e).__name__}: {e}"
+                if isinstance(e, OSError):
+                    msg += self._keep(kind, path, records, info, keep_in)
+                self.errors.append(msg)
+
+    @staticmethod
+    def _keep(kind: str, path: Path, records: list[dict], info: dict,
+              keep_in: Path | None) -> str:
+        import tempfile
+
+        from nemaudit.files import save_elsewhere
+
+        tmp = Path(tempfile.mkdtemp(prefix="nemaudit-report-"))
+        try:
+            _writer(kind)(tmp / Path(path).name, records, info)
+            kept = save_elsewhere((tmp / Path(path).name).read_bytes(), Path(path).name,
+                                  [keep_in])
+            return f"; the report is saved in {kept}"
+        except Exception as e:  # noqa: BLE001 - nothing left to try
+            return f"; keeping it elsewhere failed too ({e})"
 
     def terminal_summary(self, tr: Any) -> None:
         records = self.ordered()

@@ -258,7 +258,12 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         raise ModelSpecError(f"checkpoint not found: {path}" +
                              (" (it is a directory)" if path.is_dir() else ""))
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix.lower() == ".safetensors":  # tensors only, by construction
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # every failure must name the file
         raise ModelSpecError(_explain_load_error(path, e)) from e
     sd = _extract_state_dict(obj, path)
@@ -425,6 +430,10 @@ def _looks_like_file(spec: str) -> bool:
     return spec.lower().endswith((".pt", ".pth", ".ckpt", ".bin", ".safetensors"))
 
 
+#: the explicit choice of random initial weights (``weights="random"``)
+RANDOM_WEIGHTS = "random"
+
+
 def load_model(spec: str, weights: str | Path | None = None, normalize: Any = None,
                device: str | torch.device = "auto") -> NormalizedModel:
     """Build the model named by ``spec``, load ``weights`` and return it wrapped, in eval mode.
@@ -441,12 +450,15 @@ def load_model(spec: str, weights: str | Path | None = None, normalize: Any = No
     meta: dict[str, Any] = {}
     default_layer: str | None = None
     norm_default: Any = "imagenet"
-    weights_path = Path(weights).expanduser() if weights is not None else None
+    random_init = isinstance(weights, str) and weights.strip().lower() == RANDOM_WEIGHTS
+    weights_path = Path(weights).expanduser() if weights is not None and not random_init \
+        else None
 
     if re.match(r"^[A-Za-z][\w+.-]*://", spec):
         raise ModelSpecError(f"model spec {spec!r}: URLs are not supported; nemaudit never "
                              "downloads weights. Download the file yourself and pass it as "
-                             "--nemaudit-weights with an architecture spec")
+                             "weights (--weights PATH, or weights = in a test or spec file) "
+                             "with an architecture spec")
     if _looks_like_file(spec) or (":" not in spec and Path(spec).expanduser().is_file()):
         p = Path(spec).expanduser()
         if not p.exists():
@@ -454,7 +466,8 @@ def load_model(spec: str, weights: str | Path | None = None, normalize: Any = No
         raise ModelSpecError(
             f"model spec {spec!r} is a checkpoint file, which holds weights but not the "
             "architecture: give the architecture as the spec and the file as weights, e.g. "
-            f"--nemaudit-model torchvision:resnet18 --nemaudit-weights {spec}")
+            f"--model torchvision:resnet18 --weights {spec} (model = and weights = in a "
+            "spec file)")
     if ".py:" in spec:  # a file path may itself contain ':' (Windows drive letters)
         cut = spec.index(".py:") + 3
         scheme, sep, rest = spec[:cut], ":", spec[cut + 1:]
@@ -471,19 +484,26 @@ def load_model(spec: str, weights: str | Path | None = None, normalize: Any = No
 
     if kind == "torchvision":
         model = _torchvision_model(rest, spec)
+        if weights_path is None and not random_init:
+            raise ModelSpecError(
+                f"model spec {spec!r} has no weights: torchvision models are built without "
+                "them (nemaudit never downloads), so their units would be random; pass a "
+                f"local checkpoint as weights, or weights={RANDOM_WEIGHTS!r} to dissect the "
+                "randomly initialised network on purpose")
     elif kind == "nemaudit":
         name = rest.strip().lower() or DEFAULT_BUNDLED
         if name not in BUNDLED:
             raise ModelSpecError(f"unknown bundled model {name!r}; available: "
                                  f"{', '.join('nemaudit:' + n for n in BUNDLED)}")
         bspec = BUNDLED[name]
-        if weights_path is None:
+        if weights_path is None and not random_init:
             weights_path = bspec.weights_path
             if not weights_path.is_file():
                 raise ModelSpecError(
                     f"bundled model {name!r} has no trained weights at {weights_path}; "
                     "train them with `nemaudit train` (python -m nemaudit.training.conceptnet)")
-        meta = read_meta(weights_path.with_suffix(".json")) or bspec.meta()
+        meta = (read_meta(weights_path.with_suffix(".json")) if weights_path is not None
+                else None) or bspec.meta()
         model = bspec.build(meta)
         default_layer = meta.get("default_layer", bspec.default_layer)
         norm_default = meta.get("normalize", bspec.normalize)
@@ -492,6 +512,8 @@ def load_model(spec: str, weights: str | Path | None = None, normalize: Any = No
 
     if weights_path is not None:
         load_state_dict_strict(model, load_checkpoint(weights_path), source=weights_path)
+    elif random_init:
+        meta = {**meta, "weights": RANDOM_WEIGHTS}
     wrapped = NormalizedModel(model, norm_default if normalize is None else normalize,
                               source=spec, meta=meta, default_layer=default_layer)
     return wrapped.to(dev).eval()

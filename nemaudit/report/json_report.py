@@ -27,12 +27,12 @@ import platform
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from nemaudit.files import atomic_write_text
 from nemaudit.specs import guess, tokenize
 
 SCHEMA = "nemaudit.report/2"
@@ -231,32 +231,6 @@ def build_report(records: Iterable[Mapping[str, Any]], session: Mapping[str, Any
                       datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       "environment": env, "session": session, "images": bool(include_images),
                       "summary": summarize(records), "records": records})
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write via a temp file in the same directory and ``os.replace``, so a reader (or an
-    interrupted run) never sees half a report."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; reports are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
 
 
 def write_json(path: str | os.PathLike, records: Iterable[Mapping[str, Any]],

@@ -51,10 +51,9 @@ def _b64(fig) -> str:
 
 def save_png(path: str | os.PathLike, png_b64: str) -> Path:
     """Write a base64 PNG (as returned by the ``*_png`` functions) to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(base64.b64decode(png_b64))
-    return path
+    from nemaudit.files import atomic_write_bytes
+
+    return atomic_write_bytes(path, base64.b64decode(png_b64))
 
 
 # --------------------------------------------------------------------------- sweeps as data

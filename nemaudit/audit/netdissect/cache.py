@@ -11,12 +11,13 @@ that cannot be read is reported, deleted and recomputed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -24,13 +25,22 @@ import nemaudit
 from nemaudit.explain.common.quantile import TopQuantile
 from nemaudit.explain.netdissect import DissectConfig, Dissection, DissectState
 from nemaudit.explain.netdissect.tally import IoUTally
+from nemaudit.files import atomic_write_bytes, atomic_write_text
 from nemaudit.probe.base import Concept
+
+#: how long a process waits for another to finish the same clean run (then it fails loudly)
+LOCK_TIMEOUT_S = 3600
+CACHEDIR_TAG = ("Signature: 8a477f597d28d172789f06886806bc55\n"
+                "# This file is a cache directory tag created by nemaudit (clean runs of "
+                "audits).\n# For information about cache directory tags, see "
+                "https://bford.info/cachedir/\n")
 
 
 def clean_run_key(model_fp: str, layer: str, probe_fp: str, config: DissectConfig,
                  extra: dict | None = None) -> str:
     doc = {"model": model_fp, "layer": layer, "probe": probe_fp, "settings": config.as_dict(),
-           "batch": config.batch_size, "extra": extra or {}, "version": nemaudit.__version__}
+           "batch": config.batch_size, "extra": extra or {}, "version": nemaudit.__version__,
+           "torch": torch.__version__}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -75,7 +85,12 @@ def _from_payload(p: dict, device: torch.device) -> Dissection:
 
 
 class CleanRunCache:
-    """A directory of clean runs; ``None`` as directory disables caching."""
+    """A directory of clean runs; ``None`` as directory disables caching.
+
+    A directory that cannot be written (read-only, or a file in its place) is a warning and
+    the run goes on uncached; :meth:`lock` keeps two processes (pytest-xdist workers) from
+    computing one entry twice. The folder carries a ``CACHEDIR.TAG`` so backup tools skip it.
+    """
 
     def __init__(self, directory: str | Path | None) -> None:
         self.dir = Path(directory) if directory is not None else None
@@ -83,11 +98,36 @@ class CleanRunCache:
     def path(self, key: str) -> Path | None:
         return None if self.dir is None else self.dir / f"clean-{key}.pt"
 
+    def _usable(self) -> bool:
+        """Create the folder (and its tag) if needed; False, with a warning, if it cannot be."""
+        if self.dir is None:
+            return False
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tag = self.dir / "CACHEDIR.TAG"
+            if not tag.exists():
+                atomic_write_text(tag, CACHEDIR_TAG)
+            return True
+        except OSError as e:
+            warnings.warn(f"nemaudit: the clean-run cache {self.dir} cannot be written ({e}); "
+                          "going on without it", stacklevel=3)
+            self.dir = None
+            return False
+
+    def lock(self, key: str) -> Any:
+        """A cross-process lock on one entry (a no-op context without a usable cache)."""
+        path = self.path(key)
+        if path is None or not self._usable():
+            return contextlib.nullcontext()
+        from filelock import FileLock
+
+        return FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S)
+
     def load(self, key: str, device: torch.device | str = "cpu"
              ) -> tuple[Dissection, dict] | None:
         """(dissection, extra tensors) for ``key``, or None."""
         path = self.path(key)
-        if path is None or not path.exists():
+        if path is None or not path.is_file():
             return None
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -96,20 +136,21 @@ class CleanRunCache:
         except Exception as e:  # a truncated or foreign file: recompute, never trust it
             warnings.warn(f"nemaudit: ignoring unreadable clean-run cache {path} ({e}); "
                           "recomputing", stacklevel=2)
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass
             return None
 
     def save(self, key: str, d: Dissection, extras: dict | None = None) -> Path | None:
         path = self.path(key)
-        if path is None:
+        if path is None or not self._usable():
             return None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
+        buf = io.BytesIO()
+        torch.save(_to_payload(d) | {"extras": extras or {}}, buf)
         try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(_to_payload(d) | {"extras": extras or {}}, f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+            return atomic_write_bytes(path, buf.getvalue())
+        except OSError as e:
+            warnings.warn(f"nemaudit: could not write the clean-run cache {path} ({e}); going "
+                          "on without it", stacklevel=2)
+            return None

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Sequence
@@ -88,18 +89,19 @@ def clean_run(model: torch.nn.Module, layer: str, probe: ProbeDataset,
     key = None
     if fp is not None:
         key = clean_run_key(fp, layer, probe.fingerprint(), config.dissect,
-                           {"slack": config.slack})
-        hit = cache.load(key, device)
+                            {"slack": config.slack, "device": device.type})
+    with cache.lock(key) if key is not None else contextlib.nullcontext():
+        hit = cache.load(key, device) if key is not None else None
         if hit is not None:
             d, extras = hit
             return CleanRun(d, extras.get("predictions"), extras.get("targets"))
-    d = dissect(model, layer, probe, config.dissect, device, progress=progress,
-                keep_state=True, slack=config.slack)
-    preds = targets = None
-    if _classifies_probe(model, probe):
-        preds, targets = predict(model, probe, device, config.dissect.batch_size)
-    if key is not None:
-        cache.save(key, d, {"predictions": preds, "targets": targets})
+        d = dissect(model, layer, probe, config.dissect, device, progress=progress,
+                    keep_state=True, slack=config.slack)
+        preds = targets = None
+        if _classifies_probe(model, probe):
+            preds, targets = predict(model, probe, device, config.dissect.batch_size)
+        if key is not None:
+            cache.save(key, d, {"predictions": preds, "targets": targets})
     return CleanRun(d, preds, targets)
 
 

@@ -89,9 +89,15 @@ class MilanDescriber:
         if not path.is_file() or not meta_path.is_file():
             raise FileNotFoundError(f"MILAN weights not found: {path} and {meta_path} are "
                                     "written by python -m nemaudit.training.milan")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        cfg = MilanSettings.from_dict({**meta["settings"], **settings})
-        vocab = Vocabulary.from_json(meta["vocab"])
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            cfg = MilanSettings.from_dict({**meta["settings"], **settings})
+            vocab = Vocabulary.from_json(meta["vocab"])
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            from nemaudit.errors import ModelSpecError
+
+            raise ModelSpecError(f"{meta_path}: not MILAN metadata as nemaudit train-milan "
+                                 f"writes it ({type(e).__name__}: {e})") from None
         device = torch.device(device)
         if encoder_model is None:
             encoder_model = _encoder_network(meta["encoder"], device)
@@ -99,7 +105,7 @@ class MilanDescriber:
         if encoder.feature_size != meta["feature_size"]:
             raise ValueError(f"encoder gives {encoder.feature_size} features, the captioner "
                              f"was trained on {meta['feature_size']}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _read_weights(path)
         captioner = Captioner(len(vocab), encoder.feature_size, cfg.embedding_size,
                               cfg.hidden_size, cfg.attention_hidden_size, cfg.dropout)
         captioner.load_state_dict({k: v.float() for k, v in state["captioner"].items()})
@@ -157,6 +163,22 @@ def _encoder_network(info: dict, device: torch.device) -> torch.nn.Module:
 
 
 @lru_cache(maxsize=2)
+def _read_weights(path: Path) -> dict:
+    """MILAN's weights, read like every checkpoint (``weights_only=True``: a pickle with code
+    is refused with a message that says so, never run)."""
+    from nemaudit.errors import ModelSpecError
+    from nemaudit.model.load import _explain_load_error
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ModelSpecError(_explain_load_error(path, e)) from None
+    if not isinstance(state, dict) or not isinstance(state.get("captioner"), dict):
+        raise ModelSpecError(f"{path}: not MILAN weights (expected a dict with a 'captioner' "
+                             "state_dict, as written by nemaudit train-milan)")
+    return state
+
+
 def default_describer(device: str = "cpu") -> MilanDescriber:
     """The bundled MILAN, loaded once per process."""
     return MilanDescriber.load(device=device)
