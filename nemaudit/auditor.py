@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from nemaudit.audit.request import AuditRequest, Resolved
-from nemaudit.errors import NemauditError, SpecError
+from nemaudit.errors import NemauditError, NormalizeSpecError, SpecError
 
 #: audit results kept in memory (hypothesis sweeps replay the same audits)
 RESULT_CACHE = 32
@@ -95,7 +95,7 @@ class Auditor:
                                                device=self.device)
             except _LOADING as e:
                 field = "weights" if weights and "weights" in str(e).lower() else "model"
-                if "normaliz" in str(e).lower() and normalize is not None:
+                if isinstance(e, NormalizeSpecError):
                     field = "normalize"
                 raise RequestError(field, _message(e)) from None
         return self._models[key]
@@ -192,6 +192,7 @@ class Auditor:
         import torch
 
         resolved = self.resolve(request)
+        request.declaration.preload(request, self._resolve)
         key = request.but(corruption=resolved.corruption, layer=resolved.layer).cache_key()
         result = self._results.get(key) if key is not None else None
         if result is not None:

@@ -93,6 +93,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
         record = records.make_record(item, call, report, run, state.wants_pictures)
         if record is not None:
             report.nemaudit_record = record  # type: ignore[attr-defined]  # JSON: crosses xdist
+            # JUnit XML reads the item's user properties (from its last report): the verdict's
+            # numbers travel there too, for CI dashboards
+            props = [(f"nemaudit_{k}", record[k]) for k in ("expectation", "measured", "bound")
+                     if record.get(k) is not None]
+            item.user_properties.extend(props)
+            report.user_properties.extend(props)
             if item.config.pluginmanager.hasplugin("html"):
                 extras = records.html_extras(record)
                 if extras:

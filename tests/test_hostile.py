@@ -135,3 +135,174 @@ def test_written_outputs_are_regular_readable_files(tmp_path):
     os.mkfifo(tmp_path / "f")
     with pytest.raises(OSError, match="not a regular file"):
         atomic_write_text(tmp_path / "f", "x")
+
+
+# --------------------------------------------------------------------------- the probe stays home
+
+@pytest.fixture()
+def broden_dir(tmp_path):
+    from nemaudit.probe import export_probe
+    from tests.toys import ToyProbe
+
+    root = tmp_path / "broden"
+    export_probe(ToyProbe(6), root)
+    return root
+
+
+def _rewrite_index(root: Path, old: str, new: str) -> None:
+    index = root / "index.csv"
+    text = index.read_text()
+    assert old in text
+    index.write_text(text.replace(old, new, 1))
+
+
+@pytest.mark.parametrize("evil", ["../../secret.png", "/etc/passwd", "nemaudit/../../x.png",
+                                  "C:/Windows/x.png", "\\\\server\\share.png"])
+def test_index_paths_outside_the_dataset_are_refused(broden_dir, evil):
+    from nemaudit.errors import ProbeFormatError
+    from nemaudit.probe import BrodenProbe
+
+    first = (broden_dir / "index.csv").read_text().splitlines()[1].split(",")[0]
+    _rewrite_index(broden_dir, first, evil)
+    with pytest.raises(ProbeFormatError, match=r"index.csv, line 2: column 'image'.*outside"):
+        BrodenProbe(broden_dir)
+
+
+def test_symlinks_out_of_the_dataset_need_follow_links(broden_dir, tmp_path, capsys):
+    import shutil
+
+    from nemaudit.errors import ProbeFormatError
+    from nemaudit.probe import BrodenProbe, load_probe
+
+    first = (broden_dir / "index.csv").read_text().splitlines()[1].split(",")[0]
+    target = broden_dir / "images" / first
+    outside = tmp_path / "outside.png"
+    shutil.move(target, outside)
+    target.symlink_to(outside)
+    probe = BrodenProbe(broden_dir)
+    with pytest.raises(ProbeFormatError, match="outside the dataset folder.*follow_links=true"):
+        probe[0]
+    ok = load_probe(f"broden:{broden_dir},follow_links=true")
+    assert ok[0].image.shape[0] == 3
+    rc = main(["dissect", "--model", f"{TOYS}:ToyNet", "--normalize", "none", "--probe",
+               f"broden:{broden_dir}", "--layer", "layer2", "--quiet", "--no-cache"])
+    _one_line_error(capsys, rc, "outside the dataset folder")
+
+
+def test_a_huge_label_number_is_an_error_not_a_hang(broden_dir):
+    from nemaudit.errors import ProbeFormatError
+    from nemaudit.probe import BrodenProbe
+
+    labels = broden_dir / "label.csv"
+    lines = labels.read_text().splitlines()
+    parts = lines[-1].split(",")
+    parts[0] = "1000000000000000"
+    labels.write_text("\n".join([*lines[:-1], ",".join(parts)]) + "\n")
+    with pytest.raises(ProbeFormatError, match=r"contiguous 1\.\.1000000000000000; missing"):
+        BrodenProbe(broden_dir)
+
+
+@pytest.mark.parametrize("spec, needle", [
+    ("synthetic:n=99999999999999999999", "n="), ("synthetic:n=100000000", "<= 10000000"),
+    ("gaussian", None), ("pgd:eps=4/255,steps=1e20", "steps"),
+    ("pgd:eps=4/255,steps=20000", "<= 10000"), ("gaussian:std=9999999999999999999999/1", "std"),
+])
+def test_numbers_out_of_range_are_clean_errors(spec, needle, capsys):
+    if spec.startswith("synthetic"):
+        argv = ["dissect", "--probe", spec, "--layer", "layer4", "--quiet", "--no-cache"]
+    elif spec == "gaussian":
+        return  # (a kind without a size is fine: its defaults apply)
+    else:
+        argv = ["audit", *TOY, "--corruption", spec, "--no-cache"]
+    rc = main(argv)
+    _one_line_error(capsys, rc, needle)
+
+
+# --------------------------------------------------------------------------- hostile names
+
+EVIL_NAMES = ["[/]", "[link=https://evil.example]click[/link]", "<script>alert(1)</script>",
+              '"><img src=x onerror=alert(1)>', "[bold red]x"]
+
+
+@pytest.fixture()
+def evil_broden(tmp_path):
+    """A Broden folder whose label names are markup and script."""
+    from nemaudit.probe import export_probe
+    from tests.toys import ToyProbe
+
+    root = tmp_path / "evil"
+    export_probe(ToyProbe(12), root)
+    labels = root / "label.csv"
+    lines = labels.read_text().splitlines()
+    out = [lines[0]]
+    for i, line in enumerate(lines[1:]):
+        parts = line.split(",")
+        parts[1] = '"' + EVIL_NAMES[i % len(EVIL_NAMES)].replace('"', '""') + '"'
+        out.append(",".join(parts))
+    labels.write_text("\n".join(out) + "\n")
+    return root
+
+
+def test_hostile_label_names_print_as_text_and_never_as_markup(evil_broden, tmp_path, capsys,
+                                                                monkeypatch):
+    from nemaudit.probe import BrodenProbe
+
+    monkeypatch.setenv("COLUMNS", "300")  # whole names on one line, to find them
+    assert {c.name for c in BrodenProbe(evil_broden).concepts} & set(EVIL_NAMES)
+    base = ["--model", f"{TOYS}:ToyNet", "--normalize", "none", "--probe",
+            f"broden:{evil_broden}", "--layer", "layer2", "--quiet", "--no-cache", "--eta", "0.05"]
+    assert main(["dissect", *base, "--show", "16", "--out", str(tmp_path / "d.json")]) == 0
+    assert main(["audit", *base, "--corruption", "gaussian:std=0.5", "--show", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b]8;" not in out  # no terminal hyperlink
+    shown = json.loads((tmp_path / "d.json").read_text())["layers"][0]["units"]
+    labels = {u["label"] for u in shown if u["label"]}
+    assert labels and all(name in out for name in labels if name in EVIL_NAMES)
+
+
+def test_html_report_carries_a_csp_that_allows_only_its_own_script_and_style():
+    import base64
+    import hashlib
+    import re
+
+    from nemaudit.report.html import render_html
+
+    record = {"nodeid": "n", "name": EVIL_NAMES[2], "outcome": "failed", "layer": EVIL_NAMES[3],
+              "expectation": "flip_rate <= 0.1", "message": EVIL_NAMES[2]}
+    page = render_html([record], {"title": EVIL_NAMES[3]})
+    meta = re.search(r'<meta http-equiv="Content-Security-Policy" content="([^"]+)">', page)
+    assert meta is not None
+    policy = meta.group(1).replace("&#x27;", "'").replace("&#39;", "'")
+    scripts = re.findall(r"<script>(.*?)</script>", page, re.S)
+    styles = re.findall(r"<style>(.*?)</style>", page, re.S)
+    assert len(scripts) == 1 and len(styles) == 1  # the label's <script> is text, not a tag
+
+    def sha(text):
+        return base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+
+    assert f"script-src 'sha256-{sha(scripts[0])}'" in policy
+    assert f"style-src 'sha256-{sha(styles[0])}'" in policy
+    assert "default-src 'none'" in policy and "img-src data:" in policy
+    assert "<img src=x" not in page and "&lt;script&gt;" in page
+
+
+def test_a_milan_audit_without_the_milan_extra_fails_at_setup_with_the_install_command(
+        monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "bert_score" else real(name, *a))
+    rc = main(["audit", *TOY, "--method", "milan", "--corruption", "gaussian:std=0.1"])
+    _one_line_error(capsys, rc, "bert-score", "pip install 'nemaudit[milan]'")
+
+
+def test_scoring_restores_the_hugging_face_environment(monkeypatch):
+    import os
+
+    from nemaudit.explain.milan.bertscore import F1Bert
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
+    F1Bert()
+    assert "HF_HUB_OFFLINE" not in os.environ and os.environ["TRANSFORMERS_OFFLINE"] == "0"

@@ -245,7 +245,7 @@ def test_parse_normalize_forms():
     assert parse_normalize("none").mean is None
     nd = parse_normalize("netdissect")
     x = torch.rand(1, 3, 4, 4)
-    ref = (255 * x - torch.tensor([124.69, 118.69, 109.54]).view(1, 3, 1, 1)) / (255 * 0.224)
+    ref = (255 * x - torch.tensor([124.6901, 118.6897, 109.5388]).view(1, 3, 1, 1)) / (255 * 0.224)
     assert torch.allclose(Normalize(nd)(x), ref, atol=1e-5)
     assert parse_normalize("0.5,0.5,0.5/0.25,0.25,0.25").std == (0.25,) * 3
     assert parse_normalize({"mean": 0.5, "std": 0.5}).mean == (0.5,)

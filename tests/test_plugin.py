@@ -487,3 +487,47 @@ def test_passing_plain_asserts_report_measured_and_bound(project):
     assert two["expectation"].startswith("flip_rate >= ") and two["corruption"]["std"] == 0.3
     assert two["measured"] == two["audit"]["metrics"]["flip_rate"] > two["bound"]
     assert [p["x"] for p in two["sweep"]["points"]] == [0.3, 0.001]
+
+
+def test_broken_spec_files_fail_their_own_items_only(project):
+    """A non-UTF-8 spec file and a bad normalize are errors on their own items (naming the
+    file and field, in a few lines); the other properties of the session still run."""
+    project.makefile(".toml", nemaudit_good=SPEC)
+    (project.path / "nemaudit_latin1.toml").write_bytes(
+        '[[property]]\nname = "café"\n'.encode("latin-1"))
+    project.makefile(".toml", nemaudit_norm=DEFAULTS.replace('normalize = "none"',
+                                                             'normalize = "1,2/3"') + """
+[[property]]
+name = "bad normalize"
+layers = ["layer2"]
+corruption = "gaussian:std=0.1"
+expect = "flip_rate <= 0.5"
+""")
+    result = project.runpytest("--nemaudit", "--nemaudit-cache-dir", "none", "-p", "no:randomly")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed", 0) >= 2 and outcomes.get("errors") == 2
+    text = result.stdout.str()
+    assert "nemaudit_latin1.toml: not UTF-8 text" in text
+    assert "property 'bad normalize': field 'normalize'" in text
+    assert text.count("Traceback") == 0 and len(text.splitlines()) < 200
+
+
+def test_report_paths_that_cannot_be_written_are_usage_errors(project):
+    (project.path / "afile").write_text("x")
+    for bad in ("afile/r.json", "sub/"):
+        result = project.runpytest("--nemaudit", f"--nemaudit-json={bad}")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines(["*--nemaudit-json*"])
+
+
+def test_junit_xml_carries_measured_value_and_bound(project):
+    import xml.etree.ElementTree as ET
+
+    project.makefile(".toml", nemaudit_props=SPEC)
+    project.runpytest("--nemaudit", "--nemaudit-cache-dir", "none", "--junitxml=j.xml",
+                      "-p", "no:randomly")
+    cases = {c.get("name"): c for c in ET.parse(project.path / "j.xml").iter("testcase")}
+    props = {p.get("name"): p.get("value")
+             for p in cases["big noise[layer2]"].iter("property")}
+    assert props["nemaudit_expectation"].startswith("flip_rate")
+    assert float(props["nemaudit_bound"]) >= 0 and float(props["nemaudit_measured"]) >= 0

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from typing import Any
 
 from nemaudit.cli import common
@@ -56,8 +55,6 @@ def _describer_spec(args: argparse.Namespace) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     """Describe (and optionally audit) the units of each ``--layer``."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from rich.console import Console
 
     from nemaudit.errors import SpecError
@@ -93,6 +90,7 @@ def _describe(auditor: Any, req: Any, describer: Any, args: argparse.Namespace,
               console: Any) -> dict:
     """The clean descriptions of one layer's units, as a table and a JSON entry."""
     from rich.table import Table
+    from rich.text import Text
 
     from nemaudit.explain.milan.exemplars import ExemplarConfig, compute_exemplars
 
@@ -104,7 +102,7 @@ def _describe(auditor: Any, req: Any, describer: Any, args: argparse.Namespace,
                            device=auditor.device, progress=not args.quiet)
     texts = describer.describe(ex)
     cands = describer.candidates(ex) if args.candidates else None
-    table = Table(title=f"{resolved.layer}: MILAN descriptions ({len(ex)} units)")
+    table = Table(title=Text(f"{resolved.layer}: MILAN descriptions ({len(ex)} units)"))
     for col in ("unit", "description", "top exemplars"):
         table.add_column(col)
     rows = []
@@ -118,7 +116,7 @@ def _describe(auditor: Any, req: Any, describer: Any, args: argparse.Namespace,
         if r < args.show:
             extra = ("\n" + "\n".join(f"  {c['text']}" for c in row["candidates"])
                      if cands is not None else "")
-            table.add_row(str(row["unit"]), text + extra,
+            table.add_row(str(row["unit"]), Text(text + extra),  # describer words: no markup
                           ",".join(map(str, row["exemplars"][:5])))
     console.print(table)
     return {"layer": resolved.layer, "settings": ex_cfg.as_dict(), "units": rows}
@@ -127,7 +125,9 @@ def _describe(auditor: Any, req: Any, describer: Any, args: argparse.Namespace,
 def _audit(auditor: Any, req: Any, args: argparse.Namespace, console: Any) -> dict:
     r = auditor.run(req)
     m = r.metrics
-    console.print(f"[bold]{r.layer} · {req.corruption}[/bold]: manipulated "
+    from rich.markup import escape
+
+    console.print(f"[bold]{escape(f'{r.layer} · {req.corruption}')}[/bold]: manipulated "
                   f"{m['changed']}/{m['units']} ({m['manipulated_rate']:.1%}) at F1-BERT ≤ "
                   f"{m['threshold']:.3f}; F1 mean {m['f1_mean']:.3f} ± {m['f1_std']:.3f}")
     for line in r.diff_lines(args.show):

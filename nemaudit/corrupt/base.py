@@ -118,11 +118,19 @@ def check_fraction(value: Any, key: str = "fraction") -> float:
     return v
 
 
-def check_nonneg(value: Any, key: str) -> float:
+def check_nonneg(value: Any, key: str, maximum: float = 1.0) -> float:
+    """A budget in [0, maximum]: images live in [0, 1], so an L∞ size (``eps``, ``alpha``)
+    above 1 means nothing, and noise (``std``) saturates every pixel long before 10."""
     v = _as_float(value, key)
     if v < 0:
         raise SpecError(f"{key}={value!r} must be >= 0")
+    if v > maximum:
+        raise SpecError(f"{key}={value!r} must be <= {maximum:g} (pixels lie in [0, 1])")
     return v
+
+
+#: the stated maximum of step and copy counts (the cost grows linearly with them)
+MAX_STEPS = 10_000
 
 
 def check_steps(value: Any, key: str = "steps") -> int:
@@ -133,6 +141,8 @@ def check_steps(value: Any, key: str = "steps") -> int:
             raise SpecError(f"{key}={value!r} must be an integer >= 1")
     if value < 1:
         raise SpecError(f"{key}={value!r} must be >= 1")
+    if value > MAX_STEPS:
+        raise SpecError(f"{key}={value!r} must be <= {MAX_STEPS} (the stated maximum)")
     return int(value)
 
 

@@ -82,7 +82,7 @@ class NoiseCorruption(Corruption):
     def __init__(self, std: float, *, jpeg: int | None = None, fraction: float = 1.0,
                  select: str | Iterable[int] = "random", seed: int = 0) -> None:
         super().__init__(fraction=fraction, select=select, seed=seed)
-        self.std = check_nonneg(std, "std")
+        self.std = check_nonneg(std, "std", maximum=10.0)
         self.jpeg = check_quality(jpeg, "jpeg")  # None: the noisy image stays float
 
     def sample(self, shape: torch.Size, generator: torch.Generator) -> torch.Tensor:

@@ -324,6 +324,9 @@ def read_toml(path: Path) -> dict:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise PropertyError(f"invalid TOML: {e}", file=path) from None
+    except UnicodeDecodeError as e:
+        raise PropertyError(f"not UTF-8 text (TOML files are UTF-8): byte {e.start} "
+                            f"({e.object[e.start:e.start + 1]!r})", file=path) from None
     except OSError as e:
         raise PropertyError(f"cannot read: {e}", file=path) from None
 
@@ -386,7 +389,7 @@ def _property_lines(path: Path, in_pyproject: bool) -> list[int]:
     head = r"tool\.nemaudit\.property" if in_pyproject else r"property"
     pattern = re.compile(rf"^\s*\[\[\s*{head}\s*\]\]")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return []
     return [i for i, line in enumerate(text.splitlines()) if pattern.match(line)]

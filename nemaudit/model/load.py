@@ -35,8 +35,9 @@ from nemaudit.specs import convert
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-#: The NetDissect-Lite reference feeds (255*x - [124.69, 118.69, 109.54]) / (255*0.224).
-NETDISSECT_MEAN = (124.69 / 255, 118.69 / 255, 109.54 / 255)
+#: The NetDissect-Lite reference feeds (255*x - [124.6901, 118.6897, 109.5388]) / (255*0.224)
+#: (its loader lists the mean in BGR order: 109.5388, 118.6897, 124.6901).
+NETDISSECT_MEAN = (124.6901 / 255, 118.6897 / 255, 109.5388 / 255)
 NETDISSECT_STD = (0.224, 0.224, 0.224)
 
 _PRESETS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {

@@ -32,14 +32,17 @@ __all__ = [
     "write_broden",
 ]
 
-#: kind -> (takes a PATH first?, {key: (converter name, minimum)})
-_SPECS: dict[str, tuple[bool, dict[str, tuple[str, int | None]]]] = {
-    "broden": (True, {"split": ("str", None), "max": ("int", 1), "categories": ("list", None)}),
-    "folder": (True, {"image_size": ("int", 1), "seg_size": ("int", 1)}),
-    "synthetic": (False, {"n": ("int", 1), "seed": ("int", None), "image_size": ("int", 1),
-                          "seg_size": ("int", 1)}),
+#: the stated maxima of numbers whose cost grows with them (images, pixels per side)
+MAX_IMAGES, MAX_SIDE = 10_000_000, 4096
+#: kind -> (takes a PATH first?, {key: (converter name, minimum, maximum)})
+_SPECS: dict[str, tuple[bool, dict[str, tuple[str, int | None, int | None]]]] = {
+    "broden": (True, {"split": ("str", None, None), "max": ("int", 1, MAX_IMAGES),
+                      "categories": ("list", None, None), "follow_links": ("bool", None, None)}),
+    "folder": (True, {"image_size": ("int", 1, MAX_SIDE), "seg_size": ("int", 1, MAX_SIDE)}),
+    "synthetic": (False, {"n": ("int", 1, MAX_IMAGES), "seed": ("int", None, None),
+                          "image_size": ("int", 8, MAX_SIDE), "seg_size": ("int", 1, MAX_SIDE)}),
 }
-_USAGE = ("broden:PATH[,split=NAME][,max=N][,categories=object;part], "
+_USAGE = ("broden:PATH[,split=NAME][,max=N][,categories=object;part][,follow_links=true], "
           "folder:PATH[,image_size=N][,seg_size=N], "
           "synthetic:[n=2000][,seed=0][,image_size=112][,seg_size=56], "
           "python:<module or path.py>:<callable>[(key=literal,...)]")
@@ -62,14 +65,17 @@ def _parse_spec(spec: str) -> tuple[str, str | None, dict[str, Any]]:
     for key, value in tokens.fields.items():
         if key not in keys:
             raise SpecError(f"probe spec {spec!r}: unknown key {key!r} for {kind}; valid: {valid}")
-        conv, minimum = keys[key]
-        if conv == "int":
+        conv, minimum, maximum = keys[key]
+        if conv in ("int", "bool"):
             try:
-                num = convert(value, int, key)
+                num = convert(value, int if conv == "int" else bool, key)
             except SpecError as e:
                 raise SpecError(f"probe spec {spec!r}: {e}") from None
             if minimum is not None and num < minimum:
                 raise SpecError(f"probe spec {spec!r}: {key} must be >= {minimum}, got {num}")
+            if maximum is not None and num > maximum:
+                raise SpecError(f"probe spec {spec!r}: {key} must be <= {maximum} (the stated "
+                                f"maximum), got {num}")
             options[key] = num
         elif conv == "list":
             options[key] = [v.strip() for v in value.split(";") if v.strip()]
@@ -81,7 +87,8 @@ def _parse_spec(spec: str) -> tuple[str, str | None, dict[str, Any]]:
 def load_probe(spec: str) -> ProbeDataset:
     """Build a probe from a spec string.
 
-    - ``broden:PATH[,split=val][,max=N][,categories=object;part]``
+    - ``broden:PATH[,split=val][,max=N][,categories=object;part][,follow_links=true]``
+      (``follow_links``: allow image paths that resolve outside PATH; refused by default)
     - ``folder:PATH[,image_size=N][,seg_size=N]``
     - ``synthetic:n=2000,seed=0[,image_size=112,seg_size=56]`` (all keys optional)
     - ``python:<module or path.py>:<callable>[(key=literal, ...)]``: what the callable returns,
@@ -98,7 +105,8 @@ def load_probe(spec: str) -> ProbeDataset:
         return probe
     if kind == "broden":
         return BrodenProbe(path, split=opts.get("split"), max_images=opts.get("max"),
-                           categories=opts.get("categories"))
+                           categories=opts.get("categories"),
+                           follow_links=bool(opts.get("follow_links", False)))
     if kind == "folder":
         return FolderProbe(path, image_size=opts.get("image_size"), seg_size=opts.get("seg_size"))
     from nemaudit.probe.synthetic import SyntheticProbe  # lazy: optional, heavier module

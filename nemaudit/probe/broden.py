@@ -279,8 +279,8 @@ def _read_labels(path: Path, known_categories: Sequence[str]) -> tuple[list[Brod
     if not by_number:
         raise ProbeFormatError(f"{path}: no labels")
     n = max(by_number)
-    if len(by_number) != n:
-        gaps = [k for k in range(1, n + 1) if k not in by_number]
+    if len(by_number) != n:  # (never enumerate 1..n: a hostile number may be 1e15)
+        gaps = [k for k in range(1, min(n, len(by_number) + 10) + 1) if k not in by_number]
         shown = ", ".join(map(str, gaps[:10])) + (" ..." if len(gaps) > 10 else "")
         raise ProbeFormatError(f"{path}: label numbers must be contiguous 1..{n}; missing {shown}")
     return [by_number[k] for k in range(1, n + 1)], digest
@@ -342,7 +342,7 @@ class BrodenProbe(ProbeDataset):
 
     def __init__(self, root: str | os.PathLike[str], split: str | None = None,
                  max_images: int | None = None, categories: Sequence[str] | None = None,
-                 keep_unlabelled: bool = False) -> None:
+                 keep_unlabelled: bool = False, *, follow_links: bool = False) -> None:
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise ProbeFormatError(f"{self.root}: no such directory (expected a Broden folder with "
@@ -355,6 +355,7 @@ class BrodenProbe(ProbeDataset):
         self.max_images = max_images
         self.keep_unlabelled = keep_unlabelled
         self.images_dir = self.root / IMAGES_DIR
+        self.follow_links = bool(follow_links)
         digests: dict[str, str] = {}
 
         # category.csv: the category list (and its order)
@@ -414,6 +415,7 @@ class BrodenProbe(ProbeDataset):
             image = r["image"].strip()
             if not image:
                 raise ProbeFormatError(f"{index_path}, line {line}: empty 'image' cell")
+            _check_relative(image, index_path, line, "image")
             ih, iw, sh, sw = (_parse_int(index_path, line, c, r[c], minimum=1)
                               for c in ("ih", "iw", "sh", "sw"))
             pixel: list[tuple[str, str]] = []
@@ -432,6 +434,7 @@ class BrodenProbe(ProbeDataset):
                         if v:
                             scalars.append(v)
                     else:
+                        _check_relative(piece, index_path, line, cat)
                         pixel.append((cat, piece))
             sp = r["split"].strip()
             splits[sp] = splits.get(sp, 0) + 1
@@ -469,7 +472,20 @@ class BrodenProbe(ProbeDataset):
 
     def filename(self, i: int) -> Path:
         """Path of the i-th image."""
-        return self.images_dir / self.rows[i].image
+        return self._file(self.rows[i].image)
+
+    def _file(self, name: str) -> Path:
+        """A file under ``images/``; one that resolves outside the dataset folder (a symlink
+        out of it) is refused unless ``follow_links``: the probe is untrusted input, and its
+        files end up in reports as pictures."""
+        path = self.images_dir / name
+        if not self.follow_links:
+            real, root = path.resolve(), self.root.resolve()
+            if real != root and root not in real.parents:
+                raise ProbeFormatError(f"{path}: resolves to {real}, outside the dataset folder "
+                                       f"{root}; refusing to read it (a probe may only read its "
+                                       "own files; pass follow_links=true to allow links out)")
+        return path
 
     def __getitem__(self, i: int) -> ProbeItem:
         n = len(self.rows)
@@ -478,7 +494,7 @@ class BrodenProbe(ProbeDataset):
         i %= n
         row = self.rows[i]
         where = f"{self.root / INDEX_FILE}, line {row.line}"
-        path = self.images_dir / row.image
+        path = self._file(row.image)
         image = read_image(path)
         if tuple(image.shape[1:]) != row.image_size:
             raise ProbeFormatError(f"{path}: image is {image.shape[1]}x{image.shape[2]} (h x w), "
@@ -487,7 +503,7 @@ class BrodenProbe(ProbeDataset):
         n_labels = len(self.labels)
         layers = []
         for cat, png in row.pixel:
-            ppath = self.images_dir / png
+            ppath = self._file(png)
             lab = read_label_png(ppath)
             if lab.shape != row.seg_size:
                 raise ProbeFormatError(f"{ppath}: segmentation is {lab.shape[0]}x{lab.shape[1]} "
@@ -521,8 +537,8 @@ class BrodenProbe(ProbeDataset):
                            self.keep_unlabelled, self.seg_size, self.image_size)).encode())
             h.update(repr([(c.id, c.name, c.category) for c in self.concepts]).encode())
             for row in self.rows:
-                sizes = [_file_size(self.images_dir / row.image)]
-                sizes += [_file_size(self.images_dir / png) for _, png in row.pixel]
+                sizes = [_file_size(self._file(row.image))]
+                sizes += [_file_size(self._file(png)) for _, png in row.pixel]
                 h.update(f"{row.line}:{row.image}:{sizes}\0".encode())
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
@@ -530,6 +546,16 @@ class BrodenProbe(ProbeDataset):
     def __repr__(self) -> str:
         return (f"BrodenProbe({str(self.root)!r}, split={self.split!r}, images={len(self)}, "
                 f"concepts={len(self.concepts) - 1}, categories={list(self.selected_categories)})")
+
+
+def _check_relative(name: str, index_path: Path, line: int, column: str) -> None:
+    """A file named in index.csv must lie below ``images/``: no absolute path, no ``..``."""
+    p = Path(name.replace("\\", "/"))
+    if p.is_absolute() or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) \
+            or ".." in p.parts:
+        raise ProbeFormatError(f"{index_path}, line {line}: column {column!r} names {name!r}, "
+                               f"which is outside {IMAGES_DIR}/ (absolute or with '..'); a probe "
+                               "may only read its own files")
 
 
 def _file_size(path: Path) -> int:

@@ -18,9 +18,10 @@ from rich.text import Text
 def dissection_table(d, max_rows: int = 20) -> Table:
     """Detector summary per category plus the strongest units of one dissected layer."""
     det = d.detectors()
-    table = Table(title=f"Network Dissection — {d.layer}: {det['total']}/{det['units']} units are "
-                        f"detectors (IoU ≥ {d.config.iou_threshold}), "
-                        f"{det['unique_concepts']} unique concepts",
+    # names come from the probe (label.csv) and the user: plain Text, never rich markup
+    table = Table(title=Text(f"Network Dissection — {d.layer}: {det['total']}/{det['units']} "
+                             f"units are detectors (IoU ≥ {d.config.iou_threshold}), "
+                             f"{det['unique_concepts']} unique concepts"),
                   title_justify="left")
     table.add_column("unit", justify="right")
     table.add_column("label")
@@ -31,10 +32,10 @@ def dissection_table(d, max_rows: int = 20) -> Table:
     for r in rows[:max_rows]:
         rest = ", ".join(f"{c['concept']} {c['iou']:.3f}" for c in r["top"][1:4])
         style = None if r["detector"] else "dim"
-        table.add_row(str(r["unit"]), r["label"] or "—", r["category"] or "—",
-                      f"{r['iou']:.4f}", rest, style=style)
+        table.add_row(str(r["unit"]), Text(r["label"] or "—"), Text(r["category"] or "—"),
+                      f"{r['iou']:.4f}", Text(rest), style=style)
     per = ", ".join(f"{k} {v}" for k, v in det["per_category"].items())
-    table.caption = f"detectors per category: {per}"
+    table.caption = Text(f"detectors per category: {per}")
     return table
 
 
@@ -219,7 +220,8 @@ def audit_table(result: Any, max_rows: int = 15) -> Table:
     doc = result.to_json() if hasattr(result, "to_json") else dict(result)
     m = doc.get("metrics") or {}
     rows = doc.get("units") or []
-    title = f"Audit — {doc.get('layer', '?')} under {corruption_text(doc.get('corruption'))}"
+    title = Text(f"Audit — {doc.get('layer', '?')} under "
+                 f"{corruption_text(doc.get('corruption'))}")
 
     metrics = Table(title=title, title_justify="left", show_header=False, box=None,
                     padding=(0, 2, 0, 0))

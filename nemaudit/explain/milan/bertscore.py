@@ -23,8 +23,9 @@ under ``f1bert``. To recalibrate for another model (or your own descriptions)::
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,9 +64,23 @@ def minilm_path() -> Path:
     return path
 
 
-def _offline() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+@contextlib.contextmanager
+def _offline() -> Iterator[None]:
+    """Hugging Face libraries offline while the scorer loads (nemaudit never downloads), and
+    the environment as it was afterwards (the process's children inherit the user's)."""
+    saved = {k: os.environ.get(k) for k in _OFFLINE_VARS}
+    os.environ.update(dict.fromkeys(_OFFLINE_VARS, "1"))
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 class F1Bert:
@@ -79,12 +94,12 @@ class F1Bert:
     def __init__(self, model: str | Path | None = None, num_layers: int | None = None,
                  device: str | torch.device = "cpu", batch_size: int = 64,
                  idf: bool = False) -> None:
-        _offline()
         path = Path(model) if model is not None else minilm_path()
         if not path.is_dir():
             raise FileNotFoundError(f"F1-BERT model {str(path)!r} is not a local directory; "
                                     "nemaudit never downloads models")
-        from bert_score import BERTScorer
+        with _offline():
+            from bert_score import BERTScorer
 
         self.path = path
         self.num_layers = DEFAULT_LAYERS if num_layers is None else int(num_layers)
@@ -95,9 +110,10 @@ class F1Bert:
             hf_logging.disable_progress_bar()
         except ImportError:  # pragma: no cover - bert_score depends on transformers
             pass
-        self.scorer = BERTScorer(model_type=str(path), num_layers=self.num_layers,
-                                 device=str(device), idf=idf, rescale_with_baseline=False,
-                                 batch_size=batch_size)
+        with _offline():
+            self.scorer = BERTScorer(model_type=str(path), num_layers=self.num_layers,
+                                     device=str(device), idf=idf, rescale_with_baseline=False,
+                                     batch_size=batch_size)
 
     def __call__(self, candidates: Sequence[str], references: Sequence[str] | Sequence[
             Sequence[str]]) -> torch.Tensor:
