@@ -29,12 +29,24 @@ def check_output(path: str | os.PathLike, what: str = "output") -> Path:
     directory, not ending in ``/``), not an existing non-regular file, under a folder that is
     (or can be made) writable. A :class:`SpecError` says which of these fails."""
     text = os.fspath(path)
+    try:
+        return _check_output(text, what)
+    except (OSError, ValueError) as e:  # a name too long, a NUL byte, a loop of links
+        raise SpecError(f"{what} {text[:80]!r}{'…' if len(text) > 80 else ''}: not a usable "
+                        f"file path ({e.strerror if isinstance(e, OSError) else e})") from None
+
+
+def _check_output(text: str, what: str) -> Path:
     p = Path(text).expanduser()
+    if "\x00" in text:
+        raise ValueError("a NUL byte in the path")
     if not text.strip() or text.endswith(("/", os.sep)) or p.is_dir():
         raise SpecError(f"{what} {text!r}: is a directory; expected a file path")
     if p.exists() and not p.is_file():
         raise SpecError(f"{what} {text!r}: exists and is not a regular file (a device, FIFO "
                         "or socket); nemaudit writes only regular files")
+    if len(p.name.encode()) > 255:
+        raise OSError(36, "file name too long")
     folder = p.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent

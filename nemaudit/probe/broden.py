@@ -480,7 +480,10 @@ class BrodenProbe(ProbeDataset):
         files end up in reports as pictures."""
         path = self.images_dir / name
         if not self.follow_links:
-            real, root = path.resolve(), self.root.resolve()
+            try:
+                real, root = path.resolve(), self.root.resolve()
+            except (OSError, RuntimeError) as e:  # a loop of links, a name too long
+                raise ProbeFormatError(f"{path}: cannot be resolved ({e})") from None
             if real != root and root not in real.parents:
                 raise ProbeFormatError(f"{path}: resolves to {real}, outside the dataset folder "
                                        f"{root}; refusing to read it (a probe may only read its "
@@ -550,6 +553,9 @@ class BrodenProbe(ProbeDataset):
 
 def _check_relative(name: str, index_path: Path, line: int, column: str) -> None:
     """A file named in index.csv must lie below ``images/``: no absolute path, no ``..``."""
+    if any(ord(ch) < 32 for ch in name) or len(name.encode()) > 4096:
+        raise ProbeFormatError(f"{index_path}, line {line}: column {column!r} names a file with "
+                               f"control characters or of absurd length ({name[:40]!r}…)")
     p = Path(name.replace("\\", "/"))
     if p.is_absolute() or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) \
             or ".." in p.parts:

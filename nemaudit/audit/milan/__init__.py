@@ -33,7 +33,7 @@ class Milan(Method):
                                "f1_std", "f1_min", "description_change_rate",
                                "exemplar_overlap_mean")}
     fields = {
-        "exemplars": Field(check_int(1, 1000), "MILAN: exemplar images per unit (default 15)"),
+        "exemplars": Field(check_int(1, 100), "MILAN: exemplar images per unit (default 15)"),
         "f1_threshold": Field(check_float(0.0, 1.0), "MILAN: F1-BERT at or below which a "
                                                      "description counts as manipulated"),
         "describer": Field(lambda v: v if not isinstance(v, str) else check_str(v),
@@ -41,7 +41,7 @@ class Milan(Method):
                            "(any Describer); default: bundled"),
         "exemplar_eta": Field(check_float(0.0, 1.0, lo_open=True, hi_open=True),
                               "MILAN: top-η of the exemplar masks (default 0.01)"),
-        "attack_images": Field(check_int(1, 1000), "MILAN, per-unit attacks: poison each "
+        "attack_images": Field(check_int(1, 100), "MILAN, per-unit attacks: poison each "
                                                    "unit's first N clean exemplars (default: all)"),
         "beam_size": Field(check_int(1, 500), "MILAN: beam width (default 50)"),
         "lam": Field(check_float(0.0, 100.0), "MILAN: reranking weight λ in log p(d|E) − λ log "
