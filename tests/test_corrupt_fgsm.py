@@ -63,19 +63,15 @@ def input_grad(model, images, labels):
     return torch.autograd.grad(loss, x)[0]
 
 
-def test_fgsm_uses_predicted_labels(model, batch, monkeypatch):
-    seen = []
-    orig = torchattacks.FGSM.forward
-
-    def spy(self, images, labels):
-        seen.append(labels.clone())
-        return orig(self, images, labels)
-
-    monkeypatch.setattr(torchattacks.FGSM, "forward", spy)
+def test_fgsm_uses_predicted_labels_and_matches_torchattacks(model, batch):
+    """The torch-native FGSM is torchattacks' FGSM with the model's predicted labels, to the
+    bit; the probe's own ("true") labels are never used."""
     pred = model(batch.images).argmax(dim=1)
     batch.targets = (pred + 1) % 5  # wrong "true" labels: they must not be used
     out = FGSMCorruption(eps=2 / 255)(batch, model)
-    assert torch.equal(seen[0], pred)
+    assert torch.equal(out, torchattacks.FGSM(model, eps=2 / 255)(batch.images, pred))
+    assert not torch.equal(out, torchattacks.FGSM(model, eps=2 / 255)(batch.images,
+                                                                       batch.targets))
     # same as an FGSM step along the predicted-label gradient
     g = input_grad(model, batch.images, pred)
     expected = (batch.images + 2 / 255 * g.sign()).clamp(0, 1)
@@ -112,21 +108,14 @@ def test_fraction_and_selection(model):
     assert torch.allclose(alone[0], FGSMCorruption(eps=4 / 255)(b, model)[4], atol=1e-7)
 
 
-def test_pgd_ce(model, batch, monkeypatch):
-    seen = []
-    orig = torchattacks.PGD.forward
-
-    def spy(self, images, labels):
-        seen.append((labels.clone(), self.random_start))
-        return orig(self, images, labels)
-
-    monkeypatch.setattr(torchattacks.PGD, "forward", spy)
+def test_pgd_ce(model, batch):
     eps = 4 / 255
     c = PGDCECorruption(eps=eps, steps=5)
     assert c.alpha == pytest.approx(2 * eps / 5)
     out = c(batch, model)
     pred = predicted_labels(model, batch.images)
-    assert torch.equal(seen[0][0], pred) and seen[0][1] is False
+    ref = torchattacks.PGD(model, eps=eps, alpha=c.alpha, steps=5, random_start=False)
+    assert torch.equal(out, ref(batch.images, pred))  # torchattacks, no random start
     assert (out - batch.images).abs().max() <= eps + 1e-6
     assert out.min() >= 0 and out.max() <= 1
     ce = nn.functional.cross_entropy
@@ -140,10 +129,12 @@ def test_normalized_model_and_mode(batch):
     inner = HalfNet()
     wrapped = NormalizedModel(inner, "imagenet").train()
     c = FGSMCorruption(eps=2 / 255)
-    assert c.make_attack(wrapped).normalization_used is None  # the wrapper normalises
     out = c(batch, wrapped)
     assert wrapped.training  # mode restored
     assert (out - batch.images).abs().max() <= 2 / 255 + 1e-6
+    # attacked in eval mode on [0, 1] images: the wrapper normalises (not the attack, twice)
+    pred = predicted_labels(wrapped.eval(), batch.images)
+    assert torch.equal(out, torchattacks.FGSM(wrapped, eps=2 / 255)(batch.images, pred))
 
 
 def test_errors(model, batch):

@@ -253,6 +253,24 @@ def test_model_mode_restored_and_eval_used():
     assert float(net.bn.running_mean[0]) == pytest.approx(0.3)  # no stats updated
 
 
+def test_torchattacks_adapter_matches_the_native_attack(model, batch):
+    from nemaudit.corrupt.torchattacks_adapter import ConceptPGDAttack
+
+    s = concept_maps(batch.pixel_labels, batch.image_labels, 1)
+    t = concept_maps(batch.pixel_labels, batch.image_labels, 2)
+    units = torch.zeros(len(batch), dtype=torch.int64)
+    native = ConceptPGD(model, "conv2", eps=2 / 255, steps=3)(batch.images, units, s, t)
+    atk = ConceptPGDAttack(model, "conv2", eps=2 / 255, steps=3)
+    with pytest.raises(ValueError, match="set_maps"):
+        atk(batch.images, units)
+    atk.set_maps(s, t)
+    assert torch.equal(atk(batch.images, units), native)
+    atk.set_mode_targeted()
+    atk.set_maps(s)
+    with pytest.raises(ValueError, match="target maps"):
+        atk(batch.images, units)
+
+
 def test_torchattacks_interface_and_normalized_model(model, batch):
     wrapped = NormalizedModel(model, "imagenet")
     atk = ConceptPGD(wrapped, "conv2", eps=2 / 255, steps=3)

@@ -74,7 +74,6 @@ def test_zero_noise_changes_nothing():
 
 
 def test_pgd_per_unit_audit_poisons_each_units_own_exemplars():
-    pytest.importorskip("torchattacks")
     d = ParityDescriber()
     eps = 8 / 255
     r = audit_milan(
@@ -105,7 +104,6 @@ def test_pgd_per_unit_audit_poisons_each_units_own_exemplars():
 def test_per_unit_audit_is_exact_however_little_state_is_kept():
     """With no spare state (slack 1) the attacked units are recomputed in full; the rows
     equal those of an audit whose kept state covers the attack."""
-    pytest.importorskip("torchattacks")
     out = {}
     for slack in (1.0, 8.0):
         cfg = MilanAuditConfig(exemplars=ExemplarConfig(k=4, batch_size=8), threshold=0.5,
@@ -123,7 +121,6 @@ def test_per_unit_audit_is_exact_however_little_state_is_kept():
 
 
 def test_pgd_with_zero_budget_changes_nothing():
-    pytest.importorskip("torchattacks")
     r = audit_milan(ToyNet(seed=1), "layer2", ToyProbe(n=24), "pgd:eps=0,steps=2",
                     describer=ParityDescriber(), scorer=exact, config=CFG, units=[1, 2])
     assert r.manipulated_rate == 0.0
@@ -156,7 +153,6 @@ def test_custom_scorer_needs_a_threshold():
 def test_pictures_are_kept_for_the_units_a_report_shows():
     """Per-unit attacks keep poisoned pixels only for pictures: exactly for the units
     milan_payload shows first (manipulated, lowest F1), wherever they are in the layer."""
-    pytest.importorskip("torchattacks")
     from nemaudit.audit.milan.pictures import milan_payload
 
     cfg = MilanAuditConfig(exemplars=ExemplarConfig(k=4, batch_size=8), threshold=0.5,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 
 from nemaudit.explain.milan.exemplars import Exemplars
@@ -129,12 +130,25 @@ def test_split_is_by_unit_seeded_and_disjoint():
     assert split_units(list(reversed(keys)), 0.2, seed=3) == (train, val)
 
 
-def test_bleu4():
+def test_bleu4_is_sacrebleu_corpus_bleu_with_any_number_of_references():
+    import sacrebleu
+
     assert abs(bleu4(["the red car on the road"], [["the red car on the road"]]) - 100) < 1e-9
-    wrong = bleu4(["blue sky", "wooden things"], [["red car"], ["striped surfaces"]])
-    half = bleu4(["blue sky", "wooden things"], [["red car"], ["wooden things"]])
+    cands = ["the red car on the road", "a wooden house near the sea"]
+    wrong = bleu4(cands, [["green trees in a dark forest"], ["striped surfaces of old walls"]])
+    half = bleu4(cands, [["green trees in a dark forest"], ["a wooden house near the sea"]])
     assert wrong < 10 < half < 100
-    # a corpus without 4-grams is smoothed, not zeroed
-    assert 0 < bleu4(["red cars", "the sky"], [["red cars"], ["the sky"]]) < 100
-    best = bleu4(["the sky above grass"], [["the sea", "the sky above grass"]])
+    best = bleu4(["the sky above the green grass"],
+                 [["the sea", "the sky above the green grass"]])
     assert abs(best - 100) < 1e-9
+    # one stream per reference slot; a shorter list repeats its last reference, which
+    # changes nothing: the same as sacrebleu given the references spelled out
+    refs = [["the red car on a road", "a car"], ["a wooden house by the sea"]]
+    padded = [["the red car on a road", "a wooden house by the sea"],
+              ["a car", "a wooden house by the sea"]]
+    assert bleu4(cands, refs) == sacrebleu.corpus_bleu(cands, padded).score
+    assert bleu4(cands, refs) == bleu4(cands, [refs[0], refs[1] * 3])
+    # sacrebleu's corpus BLEU: a corpus with no 4-grams at all scores 0
+    assert bleu4(["red cars", "the sky"], [["red cars"], ["the sky"]]) == 0.0
+    with pytest.raises(ValueError, match="one non-empty list"):
+        bleu4(["a b"], [[]])

@@ -8,14 +8,13 @@
 - :mod:`~nemaudit.corrupt.spec`: ``parse_corruption("gaussian:std=0.02")`` and validation;
 - :mod:`~nemaudit.corrupt.kinds`: the registry (kind → class, budget key), torch-free.
 
-Every name below is imported on first use: the registry is read by torch-free reports, and
-the torchattacks-based attacks (pgd, fgsm) need an optional dependency.
+Every name below is imported on first use: the registry is read by torch-free reports.
 """
 
 from typing import Any
 
 #: name → module that defines it; everything is imported on first use, so the registry
-#: (:mod:`.kinds`) stays readable without torch, and the attacks without torchattacks
+#: (:mod:`.kinds`) stays readable without torch
 _LAZY = {
     **dict.fromkeys(("Corruption", "UnitAttack", "UnitCorruption", "concept_maps",
                      "contains_concepts", "derive_seed", "resolve_concept", "runner_up_concepts",

@@ -1,9 +1,9 @@
 """The corruption registry: spec kind → implementing class and the budget key. Torch-free.
 
 Reports read the budget here (which spec key sizes a corruption, and whether it bounds each
-pixel's change in L∞) instead of keeping their own lists of kinds; the classes are imported
-on use (:func:`nemaudit.corrupt.spec.corruption_class`), since the attacks need the optional
-torchattacks. A new adversary is a class and one line here.
+pixel's change in L∞) instead of keeping their own lists of kinds; the classes (which need
+torch) are imported on use (:func:`nemaudit.corrupt.spec.corruption_class`). A new adversary
+is a class and one line here.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The designed corruption of ICCV'23 (Srivastava, Oikarinen, Weng), their Eq. 9.
+"""The designed corruption of ICCV'23 (Srivastava, Oikarinen, Weng), their Eq. 9, in torch.
 
 For unit u, source concept s (u's clean label) and target concept t, PGD in an L∞ ball of
 radius ε minimises
@@ -29,7 +29,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
-from torchattacks.attack import Attack
 
 from nemaudit.corrupt.base import (
     UnitAttack,
@@ -66,37 +65,38 @@ def act_avg(maps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.where(area > 0, total / area.clamp(min=1.0), torch.zeros_like(total))
 
 
-class ConceptPGD(Attack):
-    """Eq. 9 as a torchattacks attack on one layer of ``model`` (which takes [0, 1] images).
+class ConceptPGD:
+    """Eq. 9 on one layer of ``model`` (which takes [0, 1] images), in plain torch.
 
-    Called like any torchattacks attack, ``atk(images, labels)``, with the *unit* of each row
-    as its label, plus the source and target label maps (bool ``[N, h, w]``) per row:
+    Called like a torchattacks attack, ``atk(images, labels)``, with the *unit* of each row as
+    its label, plus the source and target label maps (bool ``[N, h, w]``) per row:
 
     >>> atk = ConceptPGD(model, "layer4", eps=4/255)
     >>> adv = atk(images, units, source_maps, target_maps)      # [N, 3, H, W]
 
     Rows are independent: row n is attacked for unit ``units[n]``. Use :meth:`run` to also
-    get the objective before and after. Never call ``set_normalization_used`` with a
-    :class:`~nemaudit.model.load.NormalizedModel`: it normalises already.
+    get the objective before and after. The model is attacked in eval mode and handed back in
+    the mode it came in (as torchattacks does). Torch-native so that the core needs no
+    torchattacks (whose 3.5.1 pins ``requests~=2.25``);
+    :class:`nemaudit.corrupt.torchattacks_adapter.ConceptPGDAttack` is the same attack as a
+    real torchattacks ``Attack``.
     """
 
     def __init__(self, model: torch.nn.Module, layer: str, eps: float = 4 / 255,
                  alpha: float | None = None, steps: int = 10, random_start: bool = False,
                  seed: int = 0) -> None:
-        super().__init__("ConceptPGD", model)
+        self.model = model
         self.layer = layer
         self.eps = check_nonneg(eps, "eps")
         self.steps = check_steps(steps)
         self.alpha = 2.0 * self.eps / self.steps if alpha is None else check_nonneg(alpha, "alpha")
         self.random_start = bool(random_start)
         self.seed = int(seed)
-        self.supported_mode = ["default"]
 
     # -- model access
     def _unit_maps(self, rec: Any, images: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
         """Each row's unit map ``[N, fh, fw]``, with the graph kept."""
-        x = self.normalize(images) if self._normalization_applied is False else images
-        rec.run(x)
+        rec.run(images)
         feats = rec[self.layer]
         if feats.dim() != 4:
             raise SpecError(f"layer {self.layer!r} outputs shape {tuple(feats.shape)}; the "
@@ -125,35 +125,33 @@ class ConceptPGD(Attack):
             loss = loss - act_avg(maps, target_maps)
         return loss
 
-    # -- torchattacks entry points
-    def forward(self, images: torch.Tensor, labels: torch.Tensor, source_maps: torch.Tensor,
-                target_maps: torch.Tensor | None = None,
-                keys: Sequence[Any] | None = None) -> torch.Tensor:
-        """torchattacks' contract: ``labels`` are the unit indices of the rows."""
-        return self._pgd(images, labels, source_maps, target_maps, keys)[0]
+    # -- entry points
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, source_maps: torch.Tensor,
+                 target_maps: torch.Tensor | None = None,
+                 keys: Sequence[Any] | None = None) -> torch.Tensor:
+        """The adversarial images; ``labels`` are the unit indices of the rows."""
+        return self.run(images, labels, source_maps, target_maps, keys)[0]
+
+    forward = __call__
 
     def run(self, images: torch.Tensor, units: torch.Tensor, source_maps: torch.Tensor,
-               target_maps: torch.Tensor | None = None, keys: Sequence[Any] | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(adv_images, objective_before, objective_after)`` with torchattacks' model-mode
-        handling (eval unless ``set_model_training_mode`` says otherwise). ``keys`` (one per
-        row, e.g. ``(dataset index, unit)``) seed the random start when it is on."""
+            target_maps: torch.Tensor | None = None, keys: Sequence[Any] | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(adv_images, objective_before, objective_after)``, the model in eval mode
+        meanwhile. ``keys`` (one per row, e.g. ``(dataset index, unit)``) seed the random
+        start when it is on."""
         given = self.model.training
-        self._change_model_mode(given)
-        applied = self._normalization_applied
-        if applied:  # images here are always [0, 1]; let _unit_maps normalise
-            self._set_normalization_applied(False)
+        self.model.eval()
         try:
             return self._pgd(images, units, source_maps, target_maps, keys)
         finally:
-            if applied:
-                self._set_normalization_applied(True)
-            self._recover_model_mode(given)
+            self.model.train(given)
 
     def _pgd(self, images: torch.Tensor, units: torch.Tensor, source_maps: torch.Tensor,
              target_maps: torch.Tensor | None, keys: Sequence[Any] | None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        device = self.device if self.device is not None else images.device
+        param = next(self.model.parameters(), None)
+        device = param.device if param is not None else images.device
         images = images.clone().detach().to(device)
         units = torch.as_tensor(units, dtype=torch.int64).to(device)
         source_maps = source_maps.detach().to(device)

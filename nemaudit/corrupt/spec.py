@@ -31,13 +31,7 @@ def corruption_class(kind: str) -> type[Corruption]:
     if kind not in KINDS:
         raise SpecError(f"unknown corruption kind {kind!r}; valid kinds: {', '.join(KINDS)}")
     module, name = KINDS[kind].target.split(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except ModuleNotFoundError as e:
-        if e.name != "torchattacks":
-            raise
-        raise SpecError(f"corruption kind {kind!r} needs torchattacks: "
-                        "pip install 'nemaudit[attacks]'") from None
+    return getattr(importlib.import_module(module), name)
 
 
 def valid_keys(kind: str) -> list[str]:

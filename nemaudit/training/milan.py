@@ -93,36 +93,22 @@ class Sample:
 
 # --------------------------------------------------------------------------- metrics
 
-def _ngrams(words: Sequence[str], n: int) -> Counter:
-    return Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
-
-
 def bleu4(candidates: Sequence[str], references: Sequence[Sequence[str]]) -> float:
-    """Corpus BLEU-4 (0–100) with several references per candidate: clipped n-gram counts
-    summed over the corpus, closest-length brevity penalty (as sacrebleu), and smoothing
-    method 1 of Chen & Cherry (2014) as NLTK applies it: a zero n-gram count (or an order the
-    corpus has no n-grams of — short descriptions have no 4-grams) counts ε = 0.1 matches,
-    so a corpus of two-word descriptions gets a small score rather than exactly 0."""
-    match = [0] * 4
-    total = [0] * 4
-    c_len = r_len = 0
-    for cand, refs in zip(candidates, references):
-        cw = cand.split()
-        rws = [r.split() for r in refs]
-        c_len += len(cw)
-        r_len += min((len(r) for r in rws), key=lambda n: (abs(n - len(cw)), n), default=0)
-        for n in range(1, 5):
-            cg = _ngrams(cw, n)
-            best: Counter = Counter()
-            for r in rws:
-                best |= _ngrams(r, n)
-            match[n - 1] += sum(min(c, best[g]) for g, c in cg.items())
-            total[n - 1] += max(len(cw) - n + 1, 0)
-    if c_len == 0:
+    """Corpus BLEU-4 (0–100) with several references per candidate, by sacrebleu (its
+    defaults: 13a tokenisation, exponential smoothing, closest-length brevity penalty).
+    sacrebleu takes one stream per reference slot; a unit with fewer references repeats its
+    last one, which changes nothing (clipping takes the max over references, and the closest
+    length is the same)."""
+    import sacrebleu
+
+    refs = [list(r) for r in references]
+    if not candidates or len(refs) != len(candidates) or any(not r for r in refs):
+        if len(refs) != len(candidates) or any(not r for r in refs):
+            raise ValueError("bleu4 needs one non-empty list of references per candidate")
         return 0.0
-    logp = sum(math.log((m if m else 0.1) / max(t, 1)) for m, t in zip(match, total))
-    bp = 1.0 if c_len > r_len else math.exp(1 - r_len / c_len)
-    return 100.0 * bp * math.exp(logp / 4)
+    width = max(len(r) for r in refs)
+    streams = [[r[min(j, len(r) - 1)] for r in refs] for j in range(width)]
+    return float(sacrebleu.corpus_bleu(list(candidates), streams).score)
 
 
 def concept_scores(predictions: Sequence[str], annotations: Sequence[UnitAnnotation],
