@@ -59,9 +59,9 @@ def _literal_kwargs(args: str, spec: str, what: str) -> dict[str, Any]:
     try:
         call = ast.parse(f"f({args})", mode="eval").body
         assert isinstance(call, ast.Call) and not call.args
-        kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
-        if None in kwargs:
+        if any(kw.arg is None for kw in call.keywords):
             raise ValueError
+        kwargs = {str(kw.arg): ast.literal_eval(kw.value) for kw in call.keywords}
     except (SyntaxError, ValueError, AssertionError):
         raise SpecError(f"{what} spec {spec!r}: arguments must be literal keywords, e.g. "
                         "python:mymodule:make_probe(n=100)") from None

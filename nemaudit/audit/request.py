@@ -41,7 +41,8 @@ class AuditRequest:
         """Validate ``values`` (``None`` = unset) for ``method``. ``name(field)`` says how the
         caller spells a field in errors (``--iou-threshold``, ``field 'eta'``, ``eta=``)."""
         m = get_method(method)
-        common, own = {}, {}
+        common: dict[str, Any] = {}
+        own: dict[str, Any] = {}
         for key, value in values.items():
             if value is None:
                 continue

@@ -67,7 +67,7 @@ class JPEGCompression(Corruption):
         self.quality = check_quality(quality)
 
     def _corrupt(self, batch: ProbeBatch, model: torch.nn.Module | None) -> torch.Tensor:
-        return jpeg_roundtrip(batch.images, self.quality)
+        return jpeg_roundtrip(batch.images, self.quality)  # type: ignore[arg-type]
 
     def settings(self) -> dict[str, Any]:
         return {"quality": self.quality}

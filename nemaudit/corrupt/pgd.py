@@ -58,7 +58,7 @@ def act_avg(maps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """act_avg for ``maps [N, fh, fw]`` (a unit's raw map per row) and binary ``labels
     [N, h, w]``: the mean of the upsampled map over the labelled pixels, 0 where a row's label
     map is empty."""
-    up = upsample(maps, tuple(labels.shape[-2:]))
+    up = upsample(maps, tuple(labels.shape[-2:]))  # type: ignore[arg-type]
     lab = labels.to(up.dtype)
     area = lab.sum(dim=(1, 2))
     total = (up * lab).sum(dim=(1, 2))

@@ -120,7 +120,7 @@ def assertrepr(config: pytest.Config, current: Any, op: str, left: Any, right: A
     total = len(result.changed_units)
     room = max_lines - len(lines) - 1
     used = sum(map(len, lines))
-    shown = []
+    shown: list[str] = []
     for d in diff:
         if len(shown) >= room or used + len(d) + 40 > max_chars:
             break

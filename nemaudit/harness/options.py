@@ -45,7 +45,8 @@ def add_options(parser: pytest.Parser) -> None:
         else:
             group.addoption(f"--nemaudit-{name}", action="store", default=None, dest=dest,
                             metavar=name.upper().replace("-", "_"), help=help_)
-        parser.addini(dest, f"{help_} (--nemaudit-{name} wins)", type=kind,
+        parser.addini(dest, f"{help_} (--nemaudit-{name} wins)",
+                      type="bool" if kind == "bool" else "string",  # type: ignore[maybe-unrecognized-str-typeform]
                       default=False if kind == "bool" else "")
 
 

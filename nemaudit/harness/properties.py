@@ -449,13 +449,14 @@ def prepare_property(state: Any, item: PropertyItem) -> None:
         except RequestError as e:
             fld = "layers" if e.field == "layer" else e.field
             raise PropertyError(str(e), file=p.file, prop=p.name, field=fld) from None
-    for e in p.expect:
-        if e.is_baseline:
+    for exp in p.expect:
+        if exp.is_baseline or resolved is None:
             continue
-        m = get_method(e.method)
-        bad = m.check_expectation(e.metric[len(m.prefix):], e.keys, resolved.probe)
+        m = get_method(exp.method)
+        bad = m.check_expectation(exp.metric[len(m.prefix):], exp.keys, resolved.probe)
         if bad:
-            raise PropertyError(f"{e.text!r}: {bad}", file=p.file, prop=p.name, field="expect")
+            raise PropertyError(f"{exp.text!r}: {bad}", file=p.file, prop=p.name,
+                                field="expect")
 
 
 def run_property(state: Any, item: PropertyItem) -> None:

@@ -69,7 +69,7 @@ class NormSpec(str):
     def __new__(cls, name: str, mean: tuple[float, ...] | None = None,
                 std: tuple[float, ...] | None = None) -> NormSpec:
         if name == "custom":
-            text = "/".join(",".join(repr(float(v)) for v in vals) for vals in (mean, std))
+            text = "/".join(",".join(repr(float(v)) for v in vals or ()) for vals in (mean, std))
         else:
             text = name
         obj = super().__new__(cls, text)
@@ -187,8 +187,11 @@ class Normalize(nn.Module):
             self.register_buffer("std", torch.tensor(self.spec.std).view(1, -1, 1, 1),
                                  persistent=False)
 
+    mean: torch.Tensor | None
+    std: torch.Tensor | None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mean is None:
+        if self.mean is None or self.std is None:
             return x
         c = self.mean.shape[1]
         if x.dim() != 4 or (c != 1 and x.shape[1] != c):
@@ -362,9 +365,9 @@ def _parse_call(text: str, spec: str) -> tuple[str, dict[str, Any]]:
         assert isinstance(call, ast.Call)
         if call.args:
             raise ValueError("positional arguments are not supported, use key=value")
-        kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
-        if None in kwargs:
+        if any(kw.arg is None for kw in call.keywords):
             raise ValueError("**kwargs is not supported")
+        kwargs = {str(kw.arg): ast.literal_eval(kw.value) for kw in call.keywords}
     except (SyntaxError, ValueError, AssertionError) as e:
         raise ModelSpecError(f"bad arguments in model spec {spec!r}: {e}; only literal "
                              "keyword arguments like (num_classes=10) are allowed") from e

@@ -104,11 +104,11 @@ def load_probe(spec: str) -> ProbeDataset:
                             "expected a nemaudit.probe.ProbeDataset")
         return probe
     if kind == "broden":
-        return BrodenProbe(path, split=opts.get("split"), max_images=opts.get("max"),
+        return BrodenProbe(path, split=opts.get("split"), max_images=opts.get("max"),  # type: ignore[arg-type]
                            categories=opts.get("categories"),
                            follow_links=bool(opts.get("follow_links", False)))
     if kind == "folder":
-        return FolderProbe(path, image_size=opts.get("image_size"), seg_size=opts.get("seg_size"))
+        return FolderProbe(path, image_size=opts.get("image_size"), seg_size=opts.get("seg_size"))  # type: ignore[arg-type]
     from nemaudit.probe.synthetic import SyntheticProbe  # lazy: optional, heavier module
 
     return SyntheticProbe(**opts)

@@ -109,10 +109,11 @@ def read_label_png(path: str | os.PathLike[str]) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             mode = im.mode
+            img: Image.Image = im
             if mode == "P":
-                im = im.convert("RGB")
+                img = im.convert("RGB")
                 mode = "RGB"
-            arr = np.asarray(im)
+            arr = np.asarray(img)
     except FileNotFoundError as e:
         raise ProbeFormatError(f"{path}: segmentation PNG is missing") from e
     except _IMAGE_ERRORS as e:
@@ -526,7 +527,7 @@ class BrodenProbe(ProbeDataset):
         return ProbeItem(image=image, pixel_labels=pixel_labels,
                          image_labels=torch.tensor(row.image_labels, dtype=torch.int64), index=i)
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, samples: int = 32) -> str:
         """Hash of the CSV bytes, the selection and the sizes of every selected image/PNG file.
 
         File *sizes* rather than bytes keep this cheap on the 63k-image Broden; the root path

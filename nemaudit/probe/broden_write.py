@@ -233,7 +233,7 @@ def export_probe(probe: ProbeDataset, root: str | os.PathLike[str], n: int | Non
     labels (the reference drops them).
     """
     count = len(probe) if n is None else min(int(n), len(probe))
-    writer = BrodenWriter(root, probe.concepts, seg_size=tuple(probe.seg_size))
+    writer = BrodenWriter(root, probe.concepts, seg_size=tuple(probe.seg_size))  # type: ignore[arg-type]
     cat_of = writer.category_of
     for i in range(count):
         item = probe[i]

@@ -94,7 +94,7 @@ class FolderProbe(ProbeDataset):
                          pixel_labels=torch.zeros((0, *self.seg_size), dtype=torch.int64),
                          image_labels=torch.zeros(0, dtype=torch.int64), index=i)
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, samples: int = 32) -> str:
         """Hash of every image's name and bytes, plus the sizes (the folder path is left out)."""
         if self._fingerprint is None:
             h = hashlib.sha256(b"nemaudit-folder-v1\0")

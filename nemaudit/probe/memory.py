@@ -51,5 +51,5 @@ class InMemoryProbe(ProbeDataset):
         img = img.float() / 255 if self._uint8 else img
         return ProbeItem(img, self._pixel[i].long(), self._scalar[i], i, self._targets[i])
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, samples: int = 32) -> str:
         return self._fingerprint

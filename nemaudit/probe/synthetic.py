@@ -365,7 +365,7 @@ class _Obj:
             p, q = cross >= 0, cross <= 0
             pos = p if pos is None else pos & p
             neg = q if neg is None else neg & q
-        return pos | neg
+        return pos | neg  # type: ignore[operator]
 
     def seg(self, u0: float, v0: float, u1: float, v1: float, width: float) -> np.ndarray:
         du, dv = u1 - u0, v1 - v0
@@ -681,7 +681,7 @@ def _potted_plant(o: _Obj) -> None:
         ln = float(o.rng.uniform(0.35, 0.6))
         m = o.seg(0.0, 0.36, ln * math.cos(a) * 0.9, 0.36 + ln * math.sin(a), 0.13)
         leaves = m if leaves is None else leaves | m
-    o.paint(leaves, "leaf", "green", "foliage")
+    o.paint(leaves, "leaf", "green", "foliage")  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -1052,7 +1052,7 @@ def _texture(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
         cen = rng.uniform(0, 1, (k, 2)).astype(_F)
         rad = rng.uniform(0.03, 0.1, k).astype(_F)
         d = np.sqrt((y[None] - cen[:, 0, None, None]) ** 2 + (x[None] - cen[:, 1, None, None]) ** 2)
-        m = (np.abs(d - rad[:, None, None]) < 0.012).any(0)
+        m = (np.abs(d - rad[:, None, None]) < 0.012).any(0)  # type: ignore[assignment]
     else:  # pragma: no cover - programming error
         raise ValueError(kind)
     m = np.broadcast_to(m, (size, size))
@@ -1071,7 +1071,7 @@ def _build_table() -> list[Concept]:
                        ("texture", TEXTURES)):
         for name in names:
             table.append(Concept(len(table), name, cat))
-    names = [c.name for c in table]
+    names = [c.name for c in table]  # type: ignore[assignment]
     dup = {n for n in names if names.count(n) > 1}
     if dup:  # pragma: no cover - a vocabulary error is a programming error
         raise RuntimeError(f"concept names must be unique, duplicated: {sorted(dup)}")
@@ -1121,7 +1121,7 @@ def _draw_scene(cv: _Canvas, name: str) -> None:
             base = cv.jitter((0.55, 0.36, 0.18), 0.06)
         top = bases[k]
         cv.paint(0, 0, mask,
-                 lambda px, r=region, b=base, t=top, m=mat: _region_rgb(
+                 lambda px, r=region, b=base, t=top, m=mat: _region_rgb(  # type: ignore[misc]
                      r, b, px, rng, t, m, sc.night),
                  (_ID[region], 0, _ID[mat] if mat else 0, 0))
         if band.zone:
@@ -1255,7 +1255,7 @@ def _draw_objects(cv: _Canvas, sc: _Scene, zones: dict[str, tuple[float, float]]
         return
     w = np.array([sc.objects[o] for o in names], float)
     picks = rng.choice(len(names), size=int(rng.integers(1, 4)), p=w / w.sum())
-    placed = []
+    placed = []  # type: ignore[var-annotated]
     order = {"sky": 0, "wall": 1, "water": 2, "ground": 3}
     for k in picks:
         name = names[int(k)]
@@ -1339,7 +1339,7 @@ class SyntheticProbe(ProbeDataset):
         return (f"SyntheticProbe(n={self.n}, seed={self.seed}, image_size={self.image_size}, "
                 f"seg_size={self.seg_size[0]})")
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, samples: int = 32) -> str:
         h = hashlib.sha256(super().fingerprint(samples=0).encode())
         h.update(repr((WORLD_VERSION, self.seed, self.image_size)).encode())
         return h.hexdigest()[:16]

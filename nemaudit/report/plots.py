@@ -258,7 +258,7 @@ def session_sweeps(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
                 continue
             _disambiguate(series)
             points = []
-            for label, _rest, pts in series:
+            for label, _rest, pts in series:  # type: ignore[assignment]
                 for same, x in pts:
                     e = same[0]
                     points.append({"x": x, "flip_rate": e["m"].get("flip_rate"),
@@ -308,7 +308,7 @@ def sweep_figure(sweep: Mapping[str, Any], title: str | None = None):
             xs = [order.index(str(p["x"])) for p in pts]
         else:
             pts = sorted(pts, key=lambda p: float(p["x"]))
-            xs = [float(p["x"]) for p in pts]
+            xs = [float(p["x"]) for p in pts]  # type: ignore[misc]
         xs_all += [float(x) for x in xs]
         c = colours[i % len(colours)]
         ax.plot(xs, [p.get("flip_rate") for p in pts], "-o", color=c, ms=4,
@@ -342,7 +342,7 @@ def sweep_figure(sweep: Mapping[str, Any], title: str | None = None):
 def _y_top(points: Sequence[Mapping[str, Any]]) -> float:
     """The y range's top: the whole 0–100% when rates are high, else zoomed to the data with
     headroom (flip rates under noise are often a few percent: a 0–100% axis flattens them)."""
-    vals = [float(v) for p in points for v in (p.get("flip_rate"), p.get("flip_rate_detectors"))
+    vals = [float(v) for p in points for v in (p.get("flip_rate"), p.get("flip_rate_detectors"))  # type: ignore[arg-type]
             if _number(v)]
     top = max(vals or [0.0])
     if top > 0.6:

@@ -69,7 +69,7 @@ def result_text(record: Mapping[str, Any], digits: int = 3) -> str:
         if baseline.get("status") == "written":
             return "baseline written"
         if _number(measured):
-            n = int(measured)
+            n = int(measured)  # type: ignore[arg-type]
             return "unchanged" if n == 0 else f"{n} unit{'' if n == 1 else 's'} moved"
     m = _EXPECT_RE.match(expectation)
     if m is None or not _number(bound):
@@ -84,7 +84,7 @@ def result_text(record: Mapping[str, Any], digits: int = 3) -> str:
         return f"undefined {_SYMBOL[m['op']]} {fmt_num(bound, digits)}"
     from nemaudit.expectations import OPS  # the expectation grammar's own comparisons
 
-    holds = OPS[m["op"]](measured, bound) if m["op"] in OPS else measured != bound
+    holds = OPS[m["op"]](measured, bound) if m["op"] in OPS else measured != bound  # type: ignore[arg-type]
     sym = _SYMBOL[m["op"]] if holds else _NEGATED[m["op"]]
     return f"{fmt_num(measured, digits)} {sym} {fmt_num(bound, digits)}"
 
@@ -268,7 +268,7 @@ def audit_table(result: Any, max_rows: int = 15) -> Table:
             t = r.get("target")
             cells.append(Text(f"{t} ✓" if r.get("target_hit") else str(t or "—"),
                               style="green" if r.get("target_hit") else ""))
-        diff.add_row(*cells, style=None if r.get("clean_detector") else "dim")
+        diff.add_row(*cells, style=None if r.get("clean_detector") else "dim")  # type: ignore[arg-type]
     if len(changed) > max_rows:
         diff.caption = f"… {len(changed) - max_rows} more changed unit(s)"
     if not changed:

@@ -153,7 +153,7 @@ def evaluate(model: NormalizedModel, data: _Materialized, device: torch.device,
     for start in range(0, len(data), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(data)))
         x, y, _ = _batch(data, idx, device)
-        cls, pres = model.model.forward_heads(model.normalize(x))
+        cls, pres = model.model.forward_heads(model.normalize(x))  # type: ignore[operator]
         correct += int((cls.argmax(1) == y).sum())
         logits_all.append(pres.float().cpu())
     pres_logits = torch.cat(logits_all)[:, 1:]
@@ -259,7 +259,7 @@ def train_bundled(out_dir: str | Path, n_train: int = DEFAULTS["n_train"],
             for b in range(steps_per_epoch):
                 idx = perm[b * batch_size:(b + 1) * batch_size]
                 x, y, p = _batch(train, idx, dev, flips[idx])
-                cls, pres = model.model.forward_heads(model.normalize(x))
+                cls, pres = model.model.forward_heads(model.normalize(x))  # type: ignore[operator]
                 l_cls = F.cross_entropy(cls, y)
                 l_pres = F.binary_cross_entropy_with_logits(
                     pres[:, 1:], p[:, 1:], reduction="sum") / x.shape[0]
@@ -300,7 +300,7 @@ def train_bundled(out_dir: str | Path, n_train: int = DEFAULTS["n_train"],
         "seconds_train": t_train,
         "seconds_total": time.time() - t_start,
     }
-    _save(out_dir, name, model.model, spec, args, metrics, command, dev,
+    _save(out_dir, name, model.model, spec, args, metrics, command, dev,  # type: ignore[arg-type]
           class_names=class_names, concepts=concepts, train_ds=train_ds,
           presence_rate=[round(v, 5) for v in prior.tolist()])
     if progress:

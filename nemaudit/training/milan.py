@@ -176,7 +176,7 @@ def build_models(aux: Sequence[str], device: torch.device, n_train: int, epochs:
 
 def build_samples(models: dict[str, torch.nn.Module], probe, encoder: PyramidEncoder,
                   config: ExemplarConfig, device: torch.device, log, seed: int | None = None,
-                  skip: set[str] = frozenset()) -> list[Sample]:
+                  skip: set[str] = frozenset()) -> list[Sample]:  # type: ignore[assignment]
     """Annotated units with their exemplar features (units whose key is in ``skip`` are
     left out: held-out units never enter a second view)."""
     samples = []

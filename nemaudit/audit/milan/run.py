@@ -192,7 +192,7 @@ def audit_milan(model: torch.nn.Module, layer: str, probe: ProbeDataset,
         if config.threshold is None:
             raise ValueError("a custom F1-BERT scorer needs its own threshold: set "
                              "MilanAuditConfig(threshold=...) (see calibrate_threshold)")
-        threshold, scorer_fn = config.threshold, (lambda c, r, s=scorer: s(c, r))
+        threshold, scorer_fn = config.threshold, (lambda c, r, s=scorer: s(c, r))  # type: ignore[assignment, misc]
     shared = getattr(corruption, "shared", True)
     n_total = _n_units(model, layer, probe, device)
     picked = _pick_units(n_total, units, None if shared else config.max_units)
@@ -249,7 +249,7 @@ def run_request(request: AuditRequest, resolved: Resolved) -> MilanAuditResult:
     if request.get("exemplars") is not None:
         ex["k"] = int(request.get("exemplars"))
     if request.get("exemplar_eta") is not None:
-        ex["eta"] = float(request.get("exemplar_eta"))
+        ex["eta"] = float(request.get("exemplar_eta"))  # type: ignore[assignment]
     cap = request.max_units if request.max_units is not None else resolved.max_units
     config = MilanAuditConfig(exemplars=ExemplarConfig(**ex),
                               threshold=request.get("f1_threshold"),
@@ -320,7 +320,7 @@ def _per_unit(model: torch.nn.Module, layer: str, probe: ProbeDataset, corruptio
                    for u, b, i in zip(pu.tolist(), pb.tolist(), new_images.tolist())}
             uniq = torch.unique(part.indices.flatten())
             plain = dict(zip(uniq.tolist(), replace(part, probe=probe).load(uniq)))
-            pix = torch.stack([torch.stack([adv.get((i, int(j)), plain[int(j)])
+            pix = torch.stack([torch.stack([adv.get((i, int(j)), plain[int(j)])  # type: ignore[misc]
                                             for j in part.indices[i].tolist()])
                                for i in range(len(rows))])
             part = replace(part, probe=probe, pixels=pix)

@@ -37,7 +37,7 @@ def unit_exemplars(result: AuditResult, unit: int, k: int = 4, scale: int = 1) -
     batch = collate([probe[i] for i in images]).to(device)
     if getattr(corruption, "shared", True):
         with torch.enable_grad():
-            bad = corruption(batch, model)
+            bad = corruption(batch, model)  # type: ignore[misc]
     else:
         row = next(r for r in result.rows if r["unit"] == unit)
         src = probe.concept_id(row["clean_label"])

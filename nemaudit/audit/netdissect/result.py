@@ -69,7 +69,7 @@ def compare(clean: Dissection, corrupted: Dissection, units: list[int] | None = 
             "clean_threshold": float(clean.thresholds[u]),
             "corrupted_threshold": float(corrupted.thresholds[u]),
         }
-        row["source_iou_drop"] = (row["clean_iou"] - row["source_iou_after"]) if cl > 0 else None
+        row["source_iou_drop"] = (row["clean_iou"] - row["source_iou_after"]) if cl > 0 else None  # type: ignore[operator]
         t = (targets or {}).get(u)
         row["target"] = name(t) if t else None
         row["target_hit"] = bool(t and kl == t)

@@ -24,6 +24,7 @@ from nemaudit.audit.netdissect.cache import CleanRunCache, clean_run_key
 from nemaudit.audit.netdissect.result import AuditResult, accuracy, compare
 from nemaudit.audit.request import AuditRequest, Resolved
 from nemaudit.corrupt.base import Corruption, UnitCorruption, validate_units
+from nemaudit.errors import SpecError
 from nemaudit.explain.common.activations import probe_loader, stream_activations
 from nemaudit.explain.common.quantile import TopQuantile
 from nemaudit.explain.netdissect import DissectConfig, Dissection, dissect, tally_cached_pairs
@@ -85,7 +86,7 @@ def clean_run(model: torch.nn.Module, layer: str, probe: ProbeDataset,
                    cache: CleanRunCache | None = None, progress: bool = False) -> CleanRun:
     """The clean dissection with its incremental state, from the cache when possible."""
     cache = cache or CleanRunCache(None)
-    fp = model.fingerprint() if hasattr(model, "fingerprint") else None
+    fp = model.fingerprint() if hasattr(model, "fingerprint") else None  # type: ignore[operator]
     key = None
     if fp is not None:
         key = clean_run_key(fp, layer, probe.fingerprint(), config.dissect,
@@ -209,7 +210,7 @@ def _per_unit(model, layer, probe, corruption: UnitCorruption, base, config, dev
     changed = torch.zeros(clean.units, len(probe), dtype=torch.bool)
     maps, pair_units, pair_images = [], [], []
     objective = {"before": 0.0, "after": 0.0, "pairs": 0}
-    loader = probe_loader(probe, config.attack_batch, indices=images) if images else []
+    loader = probe_loader(probe, config.attack_batch, indices=images) if images else []  # type: ignore[var-annotated]
     with progress_task(f"attack {layer} ({len(attacked)} units)", len(images), progress) as task, \
             LayerRecorder(model, [layer], stop_at_layer=True) as rec:
         for batch in loader:
@@ -290,11 +291,11 @@ def _recompute_units(model, layer, probe, clean, corrupted, units, new_maps, new
                 full[batch.indices] = acts[:, chunk]
         cols = torch.tensor(chunk, device=device)
         k_of = torch.full((clean.units,), -1, dtype=torch.long, device=device)
-        k_of[cols] = torch.arange(len(chunk), device=device)
+        k_of[cols] = torch.arange(len(chunk), device=device)  # type: ignore[arg-type]
         sel = k_of[new_units] >= 0
         full[new_images[sel], k_of[new_units[sel]]] = new_maps[sel]  # each unit's own world
-        quant = TopQuantile.empty(len(chunk), n * full[0, 0].numel(), config.dissect.level, device)
-        quant.update(full)
+        quant = TopQuantile.empty(len(chunk), n * full[0, 0].numel(), config.dissect.level, device)  # type: ignore[arg-type]
+        quant.update(full)  # type: ignore[arg-type]
         thresholds = clean.thresholds.clone()
         thresholds[cols] = quant.readout()
         img, k = (full.amax(dim=(2, 3)) > thresholds[cols][None]).nonzero(as_tuple=True)
@@ -331,6 +332,10 @@ def audit(model: torch.nn.Module, layer: str, probe: ProbeDataset,
         if units is not None:
             rows, metrics = compare(base.dissection, corrupted, list(units))
     else:
+        if not isinstance(corruption, UnitCorruption):
+            raise SpecError(f"corruption kind {corruption.kind!r} is per unit (shared=False) but "
+                            "does not subclass nemaudit.corrupt.base.UnitCorruption, the "
+                            "interface per-unit audits call")
         corrupted, rows, metrics, info = _per_unit(model, layer, probe, corruption, base, config,
                                                    device, units, progress)
     for k in ("accuracy_clean", "accuracy_corrupted"):

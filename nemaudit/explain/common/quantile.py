@@ -111,7 +111,9 @@ class TopQuantile:
                           self.slack)
         if out.count > out.n_total:
             raise ValueError(f"merged count {out.count} exceeds the declared total {out.n_total}")
-        ids = None if self.ids is None else torch.cat([self.ids, other.ids.to(self.ids.device)], 1)
+        ids = None
+        if self.ids is not None and other.ids is not None:
+            ids = torch.cat([self.ids, other.ids.to(self.ids.device)], 1)
         out._keep_top(torch.cat([self.values, other.values.to(self.values.device)], dim=1), ids)
         return out
 

@@ -109,7 +109,7 @@ class TopExemplars:
         if self.depth != other.depth or (self.maps is None) != (other.maps is None):
             raise ValueError("can only merge exemplar states of the same depth and kind")
         out = TopExemplars(self.depth, self.values, self.indices, self.maps)
-        maps = None if self.maps is None else torch.cat([self.maps, other.maps], 1)
+        maps = None if self.maps is None else torch.cat([self.maps, other.maps], 1)  # type: ignore[list-item]
         out._keep(torch.cat([self.values, other.values], 1),
                   torch.cat([self.indices, other.indices], 1), maps)
         return out
@@ -280,7 +280,7 @@ def compute_exemplars(model: torch.nn.Module, layer: str, probe: ProbeDataset,
                 acts = acts[:, sel.to(acts.device)]
             tally.add(acts, batch.indices)
             task.advance(len(batch))
-    return tally.finish(model, layer, probe, sel, tuple(size or probe.seg_size), transform)
+    return tally.finish(model, layer, probe, sel, tuple(size or probe.seg_size), transform)  # type: ignore[arg-type]
 
 
 def _tally(n: int, config: ExemplarConfig, device: torch.device, keep_state: bool,
@@ -312,7 +312,7 @@ def compute_exemplars_layers(model: torch.nn.Module, layers: Sequence[str],
                 tallies[name].add(acts, batch.indices)
             task.advance(len(batch))
     size = tuple(probe.seg_size)
-    return {name: t.finish(model, name, probe, None, size, None) for name, t in tallies.items()}
+    return {name: t.finish(model, name, probe, None, size, None) for name, t in tallies.items()}  # type: ignore[arg-type]
 
 
 def _masks(maps: torch.Tensor, thresholds: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -374,7 +374,7 @@ def recompute_exemplars(model: torch.nn.Module, clean: Exemplars,
         hit = (idx[pos] == new_images).nonzero().flatten()
         acts[pos[hit], new_rows[hit]] = new_maps[hit]
         tally.add(acts, idx)
-    out = tally.finish(model, clean.layer, probe, units, tuple(clean.masks.shape[2:]), None)
+    out = tally.finish(model, clean.layer, probe, units, tuple(clean.masks.shape[2:]), None)  # type: ignore[arg-type]
     return replace(out, config=config, device=clean.device)
 
 
@@ -436,7 +436,7 @@ def update_exemplars(clean: Exemplars, rows: Sequence[int] | torch.Tensor,
     n_maps[ok] = new_maps[slot[ok].long()]
     maps = torch.cat([c_maps, n_maps], 1).gather(
         1, order[:, :, None, None].expand(-1, -1, fh, fw))
-    masks = _masks(maps, thresholds, tuple(clean.masks.shape[2:]))
+    masks = _masks(maps, thresholds, tuple(clean.masks.shape[2:]))  # type: ignore[arg-type]
     out = replace(clean, units=clean.units[r.cpu()], indices=out_idx.cpu(), maxes=out_val.cpu(),
                   masks=masks.cpu(), thresholds=thresholds.cpu(), pixels=None, state=None,
                   transform=None)

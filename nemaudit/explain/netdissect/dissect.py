@@ -234,13 +234,13 @@ def dissect(model: torch.nn.Module, layer: str, probe: ProbeDataset,
         cache.prune(cut)
         maps, units, images, maxes = cache.tensors()
         if keep_state:
-            state = DissectState(quant, cut, maps, units, images, maxes)
+            state = DissectState(quant, cut, maps, units, images, maxes)  # type: ignore[arg-type]
         fire = maxes > thresholds[units]
         tally_cached_pairs(maps[fire], units[fire], images[fire], thresholds, probe,
                            config.batch_size, lab_cat, tally, device)
     else:
         if keep_state:
-            state = DissectState(quant, quant.lower_bound(), None, None, None, None)
+            state = DissectState(quant, quant.lower_bound(), None, None, None, None)  # type: ignore[arg-type]
         with progress_task(f"tally {layer} (2nd pass)", len(probe), progress) as task:
             for batch, acts in stream_activations(model, layer, loader, device, transform):
                 tally_batch(acts, batch.pixel_labels, batch.image_labels, thresholds, lab_cat, tally)

@@ -74,7 +74,7 @@ def redissect(clean: Dissection, probe: ProbeDataset, changed: torch.Tensor,
 
     # 1. thresholds: drop changed images' kept values, add the new values ≥ cut
     q = st.quant
-    kept = q.values.masked_fill(changed.gather(1, q.ids), -torch.inf)
+    kept = q.values.masked_fill(changed.gather(1, q.ids), -torch.inf)  # type: ignore[arg-type]
     flat = new_maps.flatten(1)
     f, k = (flat >= st.cut[new_units][:, None]).nonzero(as_tuple=True)
     added = _pad_by_unit(new_units[f], flat[f, k], n_units)
@@ -87,7 +87,7 @@ def redissect(clean: Dissection, probe: ProbeDataset, changed: torch.Tensor,
     thresholds = torch.where(ok, new_t, clean.thresholds)
 
     # 2. masks: cached clean maps of unchanged images + new maps, at the new thresholds
-    c_keep = ok[st.units] & ~changed[st.units, st.images] & (st.maxes > thresholds[st.units])
+    c_keep = ok[st.units] & ~changed[st.units, st.images] & (st.maxes > thresholds[st.units])  # type: ignore[operator]
     n_keep = ok[new_units] & (new_maps.amax(dim=(1, 2)) > thresholds[new_units])
     maps = torch.cat([st.maps[c_keep], new_maps[n_keep]])
     pair_units = torch.cat([st.units[c_keep], new_units[n_keep]])

@@ -37,13 +37,15 @@ class IoUTally:
         return cls(z(units, concepts), z(units, categories), z(units), z(concepts))
 
     def __add__(self, other: IoUTally) -> IoUTally:
-        return IoUTally(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+        return IoUTally(*(getattr(self, f.name) + getattr(other, f.name)  # type: ignore[arg-type]
+                          for f in fields(self)))
 
     def __sub__(self, other: IoUTally) -> IoUTally:
-        return IoUTally(*(getattr(self, f.name) - getattr(other, f.name) for f in fields(self)))
+        return IoUTally(*(getattr(self, f.name) - getattr(other, f.name)  # type: ignore[arg-type]
+                          for f in fields(self)))
 
     def to(self, device: torch.device | str) -> IoUTally:
-        return IoUTally(*(t.to(device) for t in (self.both, self.unit_cat, self.unit_pixels,
+        return IoUTally(*(t.to(device) for t in (self.both, self.unit_cat, self.unit_pixels,  # type: ignore[arg-type, call-arg]
                                                  self.label)), self.images)
 
     def iou(self, label_category: torch.Tensor) -> torch.Tensor:
@@ -100,7 +102,7 @@ def tally_pairs(maps: torch.Tensor, pair_unit: torch.Tensor, pair_row: torch.Ten
     cats = out.unit_cat.shape[1]
     both_flat = out.both.view(-1)
     for s in range(0, maps.shape[0], chunk):
-        m = unit_masks(maps[s:s + chunk], thresholds[pair_unit[s:s + chunk]], size)
+        m = unit_masks(maps[s:s + chunk], thresholds[pair_unit[s:s + chunk]], size)  # type: ignore[arg-type]
         unit, row = pair_unit[s:s + chunk], pair_row[s:s + chunk]
         count = m.sum(dim=(1, 2))
         out.unit_pixels.index_add_(0, unit, count)
