@@ -13,9 +13,12 @@ def imresize_f(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(img.resize((shape[1], shape[0]), resample=Image.BILINEAR))
 
 
-def reference_tally(features, pixels, scalars, threshold, labelcat):
+def reference_tally(features, pixels, scalars, threshold, labelcat, zero_cats=None):
     """features [N,U,h,w]; pixels [N,L,H,W] ints; scalars [N,S] ints (0 = none);
-    threshold [U]; labelcat [C, K] one-hot of primary categories (row 0 zero)."""
+    threshold [U]; labelcat [C, K] one-hot of primary categories (row 0 zero).
+    ``zero_cats[i]``: categories whose image-level cell of image i held a 0 — the reference
+    scores no label for it but adds ``labelcat`` of its category to ``tally_cat``, as the
+    nameless label 0 of a scene cell does in NetDissect-Lite."""
     n, units = features.shape[:2]
     sh, sw = pixels.shape[-2:]
     C = labelcat.shape[0]
@@ -45,6 +48,8 @@ def reference_tally(features, pixels, scalars, threshold, labelcat):
                 for s in scal:
                     tally_cat = tally_cat + labelcat[s]
                     tally_both[u, s] += len(idx)
+                for k in (zero_cats[i] if zero_cats is not None else ()):
+                    tally_cat = tally_cat + np.eye(labelcat.shape[1], dtype=np.int64)[k]
                 tally_units_cat[u] += len(idx) * (tally_cat > 0)
     return tally_both, tally_units_cat, tally_labels
 

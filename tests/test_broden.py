@@ -197,6 +197,14 @@ def test_scene_zero_is_ignored_and_unlabelled_rows_dropped(broden):
     kept = BrodenProbe(root, keep_unlabelled=True)
     assert len(kept) == 5
     assert kept[4].image_labels.numel() == 0 and kept[4].pixel_labels.shape == (0, *SEG)
+    # read the reference's way, a cell's 0 flags its category (−k−1) and scores no label
+    ref = load_probe(f"broden:{root},zero_labels=reference")
+    scene = -ref.categories.index("scene") - 1
+    assert ref[0].image_labels.tolist() == [KITCHEN, scene]
+    assert [scene not in ref[i].image_labels.tolist() for i in range(1, 4)] == [True] * 3
+    assert ref.fingerprint() != probe.fingerprint()
+    with pytest.raises(SpecError, match="zero_labels='scene'"):
+        load_probe(f"broden:{root},zero_labels=scene")
 
 
 def test_split_filtering_and_max_images(tmp_path: Path):

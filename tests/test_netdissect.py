@@ -120,6 +120,35 @@ def test_matches_reference_tally_loop(seed):
     assert (d.tally.both.sum(1) > 0).any()  # the case is not vacuous
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_zero_cells_counted_for_the_union_match_the_reference(seed):
+    """Broden's image-level cells of 0, read the reference's way (a −k−1 flag: the image has
+    a category-k label but a nameless one), match the port of NetDissect-Lite's tally that
+    adds label 0's category to the union; read our way (no flag), the IoUs are higher."""
+    acts, pix, scal, concepts = random_probe(seed)
+    cats = ["color", "object", "part", "scene"]
+    scene = cats.index("scene")
+    g = torch.Generator().manual_seed(seed)
+    flagged = torch.rand(acts.shape[0], generator=g) < 0.5
+    flags = torch.where(flagged, -scene - 1, 0).to(torch.int64)[:, None]
+    d = dissect_tensors(acts, pix, torch.cat([scal, flags], 1), concepts, cats,
+                        DissectConfig(eta=0.05))
+    plain = dissect_tensors(acts, pix, scal, concepts, cats, DissectConfig(eta=0.05),
+                            thresholds=d.thresholds)
+    lc = label_category(concepts, cats)
+    labelcat = np.zeros((len(concepts), len(cats)), np.int64)
+    labelcat[np.arange(1, len(concepts)), lc[1:].numpy()] = 1
+    zero_cats = [[scene] if f else [] for f in flagged.tolist()]
+    both, ucat, labels = reference_tally(acts.numpy(), pix.numpy(), scal.numpy(),
+                                         d.thresholds.numpy(), labelcat, zero_cats)
+    assert d.tally.both.tolist() == both.tolist() == plain.tally.both.tolist()
+    assert d.tally.unit_cat.tolist() == ucat.tolist()
+    assert d.tally.label.tolist() == labels.tolist() == plain.tally.label.tolist()
+    scene_ids = (lc == scene).nonzero().flatten()
+    assert (d.tally.unit_cat[:, scene] > plain.tally.unit_cat[:, scene]).any()
+    assert (d.iou()[:, scene_ids] <= plain.iou()[:, scene_ids] + 1e-12).all()
+
+
 def test_reference_quantile_level():
     assert reference_level(0.005) == pytest.approx(994 / 999)
     assert DissectConfig().level == pytest.approx(0.994995, abs=1e-6)

@@ -37,12 +37,14 @@ MAX_IMAGES, MAX_SIDE = 10_000_000, 4096
 #: kind -> (takes a PATH first?, {key: (converter name, minimum, maximum)})
 _SPECS: dict[str, tuple[bool, dict[str, tuple[str, int | None, int | None]]]] = {
     "broden": (True, {"split": ("str", None, None), "max": ("int", 1, MAX_IMAGES),
-                      "categories": ("list", None, None), "follow_links": ("bool", None, None)}),
+                      "categories": ("list", None, None), "follow_links": ("bool", None, None),
+                      "zero_labels": ("str", None, None)}),
     "folder": (True, {"image_size": ("int", 1, MAX_SIDE), "seg_size": ("int", 1, MAX_SIDE)}),
     "synthetic": (False, {"n": ("int", 1, MAX_IMAGES), "seed": ("int", None, None),
                           "image_size": ("int", 8, MAX_SIDE), "seg_size": ("int", 1, MAX_SIDE)}),
 }
-_USAGE = ("broden:PATH[,split=NAME][,max=N][,categories=object;part][,follow_links=true], "
+_USAGE = ("broden:PATH[,split=NAME][,max=N][,categories=object;part][,follow_links=true]"
+          "[,zero_labels=ignore|reference], "
           "folder:PATH[,image_size=N][,seg_size=N], "
           "synthetic:[n=2000][,seed=0][,image_size=112][,seg_size=56], "
           "python:<module or path.py>:<callable>[(key=literal,...)]")
@@ -88,6 +90,8 @@ def load_probe(spec: str) -> ProbeDataset:
     """Build a probe from a spec string.
 
     - ``broden:PATH[,split=val][,max=N][,categories=object;part][,follow_links=true]``
+      ``[,zero_labels=ignore|reference]`` (``reference``: cells of 0 count for the union as
+      NetDissect-Lite counts them)
       (``follow_links``: allow image paths that resolve outside PATH; refused by default)
     - ``folder:PATH[,image_size=N][,seg_size=N]``
     - ``synthetic:n=2000,seed=0[,image_size=112,seg_size=56]`` (all keys optional)
@@ -106,7 +110,8 @@ def load_probe(spec: str) -> ProbeDataset:
     if kind == "broden":
         return BrodenProbe(path, split=opts.get("split"), max_images=opts.get("max"),  # type: ignore[arg-type]
                            categories=opts.get("categories"),
-                           follow_links=bool(opts.get("follow_links", False)))
+                           follow_links=bool(opts.get("follow_links", False)),
+                           zero_labels=str(opts.get("zero_labels", "ignore")))
     if kind == "folder":
         return FolderProbe(path, image_size=opts.get("image_size"), seg_size=opts.get("seg_size"))  # type: ignore[arg-type]
     from nemaudit.probe.synthetic import SyntheticProbe  # lazy: optional, heavier module

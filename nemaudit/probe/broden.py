@@ -245,6 +245,7 @@ class BrodenRow:
     seg_size: tuple[int, int]  # (sh, sw)
     pixel: tuple[tuple[str, str], ...]  # (category, PNG relative to images/), column order
     image_labels: tuple[int, ...]  # nonzero image-level label numbers, column order
+    zero_categories: tuple[str, ...] = ()  # image-level columns that held a 0 ("no label")
 
 
 def _read_labels(path: Path, known_categories: Sequence[str]) -> tuple[list[BrodenLabel], str]:
@@ -343,7 +344,8 @@ class BrodenProbe(ProbeDataset):
 
     def __init__(self, root: str | os.PathLike[str], split: str | None = None,
                  max_images: int | None = None, categories: Sequence[str] | None = None,
-                 keep_unlabelled: bool = False, *, follow_links: bool = False) -> None:
+                 keep_unlabelled: bool = False, *, follow_links: bool = False,
+                 zero_labels: str = "ignore") -> None:
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise ProbeFormatError(f"{self.root}: no such directory (expected a Broden folder with "
@@ -357,6 +359,10 @@ class BrodenProbe(ProbeDataset):
         self.keep_unlabelled = keep_unlabelled
         self.images_dir = self.root / IMAGES_DIR
         self.follow_links = bool(follow_links)
+        if zero_labels not in ZERO_LABELS:
+            raise SpecError(f"zero_labels={zero_labels!r}: expected one of "
+                            f"{', '.join(ZERO_LABELS)}")
+        self.zero_labels = zero_labels
         digests: dict[str, str] = {}
 
         # category.csv: the category list (and its order)
@@ -421,6 +427,7 @@ class BrodenProbe(ProbeDataset):
                               for c in ("ih", "iw", "sh", "sw"))
             pixel: list[tuple[str, str]] = []
             scalars: list[int] = []
+            zeros: list[str] = []
             for cat in columns:
                 for piece in r[cat].split(";"):
                     piece = piece.strip()
@@ -434,6 +441,8 @@ class BrodenProbe(ProbeDataset):
                                 f"is not in {label_path} (valid numbers are 1..{n_labels}; 0 = none)")
                         if v:
                             scalars.append(v)
+                        elif cat not in zeros:
+                            zeros.append(cat)
                     else:
                         _check_relative(piece, index_path, line, cat)
                         pixel.append((cat, piece))
@@ -446,7 +455,8 @@ class BrodenProbe(ProbeDataset):
                 continue
             if max_images is not None and len(rows) >= max_images:
                 continue  # keep validating the remaining lines
-            rows.append(BrodenRow(line, image, sp, (ih, iw), (sh, sw), tuple(pixel), tuple(scalars)))
+            rows.append(BrodenRow(line, image, sp, (ih, iw), (sh, sw), tuple(pixel), tuple(scalars),
+                                  tuple(zeros)))
         if not rows:
             why = [f"split={split!r}"] if split is not None else []
             if n_unlabelled:
@@ -467,6 +477,7 @@ class BrodenProbe(ProbeDataset):
         self.seg_size = first.seg_size
         self.splits = splits
         self._fingerprint: str | None = None
+        self._cat_index: dict[str, int] | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -524,8 +535,17 @@ class BrodenProbe(ProbeDataset):
             pixel_labels = torch.stack(layers)
         else:
             pixel_labels = torch.zeros((0, *row.seg_size), dtype=torch.int64)
+        image_labels = list(row.image_labels)
+        if self.zero_labels == "reference" and row.zero_categories:
+            cats = self._category_index()
+            image_labels += [-cats[c] - 1 for c in row.zero_categories if c in cats]
         return ProbeItem(image=image, pixel_labels=pixel_labels,
-                         image_labels=torch.tensor(row.image_labels, dtype=torch.int64), index=i)
+                         image_labels=torch.tensor(image_labels, dtype=torch.int64), index=i)
+
+    def _category_index(self) -> dict[str, int]:
+        if self._cat_index is None:
+            self._cat_index = {c: k for k, c in enumerate(self.categories)}
+        return self._cat_index
 
     def fingerprint(self, samples: int = 32) -> str:
         """Hash of the CSV bytes, the selection and the sizes of every selected image/PNG file.
@@ -539,6 +559,8 @@ class BrodenProbe(ProbeDataset):
                 h.update(f"{fname}={self._digests[fname]}\0".encode())
             h.update(repr((self.selected_categories, self.split, self.max_images,
                            self.keep_unlabelled, self.seg_size, self.image_size)).encode())
+            if self.zero_labels != "ignore":
+                h.update(f"zero_labels={self.zero_labels}\0".encode())
             h.update(repr([(c.id, c.name, c.category) for c in self.concepts]).encode())
             for row in self.rows:
                 sizes = [_file_size(self._file(row.image))]
@@ -550,6 +572,13 @@ class BrodenProbe(ProbeDataset):
     def __repr__(self) -> str:
         return (f"BrodenProbe({str(self.root)!r}, split={self.split!r}, images={len(self)}, "
                 f"concepts={len(self.concepts) - 1}, categories={list(self.selected_categories)})")
+
+
+#: how an image-level cell of ``0`` (Broden's "no label", e.g. real scene cells) is read:
+#: ``ignore`` (default) drops it; ``reference`` also drops the label but, as NetDissect-Lite
+#: does, counts the image as *having* a label of that column's category, so a unit's mask
+#: on it enters the union of every concept of the category (its IoUs there are lower)
+ZERO_LABELS = ("ignore", "reference")
 
 
 def _check_relative(name: str, index_path: Path, line: int, column: str) -> None:

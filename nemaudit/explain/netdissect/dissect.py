@@ -215,7 +215,8 @@ def dissect(model: torch.nn.Module, layer: str, probe: ProbeDataset,
     cache = CandidateCache(config.cache_budget_mb * 2**20, device)
     with progress_task(f"dissect {layer}", len(probe), progress) as task:
         for batch, acts in stream_activations(model, layer, loader, device, transform):
-            check_label_range(batch.pixel_labels, batch.image_labels, n_concepts, batch.indices)
+            check_label_range(batch.pixel_labels, batch.image_labels, n_concepts, batch.indices,
+                              len(categories))
             if quant is None:
                 quant = TopQuantile.empty(acts.shape[1], len(probe) * acts[0, 0].numel(),
                                           config.level, device, slack=slack if keep_state else 1.0,
@@ -286,7 +287,8 @@ def dissect_tensors(acts: torch.Tensor, pixel_labels: torch.Tensor, image_labels
     if categories is None:
         categories = list(dict.fromkeys(c.category for c in concepts[1:]))
     n_concepts = len(concepts)
-    check_label_range(pixel_labels, image_labels, n_concepts, torch.arange(acts.shape[0]))
+    check_label_range(pixel_labels, image_labels, n_concepts, torch.arange(acts.shape[0]),
+                      len(categories))
     if thresholds is None:
         quant = TopQuantile.empty(acts.shape[1], acts[:, 0].numel(), config.level, acts.device)
         quant.update(acts)

@@ -63,26 +63,30 @@ class IoUTally:
 
 def label_tally(pixel_labels: torch.Tensor, image_labels: torch.Tensor, concepts: int) -> torch.Tensor:
     """Σ_x |L_c(x)| for a batch: pixel counts per label (across all stacked maps), plus the
-    whole image for each image-level label. Label 0 is never counted."""
+    whole image for each image-level label. Label 0 is never counted, nor the negative
+    image-level entries that only flag a category (see :func:`tally_pairs`)."""
     h, w = pixel_labels.shape[-2:]
     counts = torch.bincount(pixel_labels.reshape(-1), minlength=concepts)
     scal = image_labels.reshape(-1)
+    scal = scal[scal > 0]
     counts = counts + torch.bincount(scal, minlength=concepts) * (h * w)
     counts[0] = 0
     return counts
 
 
 def check_label_range(pixel_labels: torch.Tensor, image_labels: torch.Tensor, concepts: int,
-                      indices: torch.Tensor) -> None:
-    """Labels must be ids of the concept table; name the first offending image otherwise."""
-    for what, lab in (("pixel", pixel_labels), ("image-level", image_labels)):
+                      indices: torch.Tensor, categories: int = 0) -> None:
+    """Labels must be ids of the concept table (image-level entries may also be −k−1, a flag
+    for category k: see :func:`tally_pairs`); name the first offending image otherwise."""
+    for what, lab, low in (("pixel", pixel_labels, 0), ("image-level", image_labels, -categories)):
         if lab.numel() == 0:
             continue
         flat = lab.reshape(lab.shape[0], -1)
-        bad = ((flat < 0) | (flat >= concepts)).any(dim=1)
+        out_of_range = (flat < low) | (flat >= concepts)
+        bad = out_of_range.any(dim=1)
         if bad.any():
             row = int(bad.nonzero()[0])
-            vals = flat[row][(flat[row] < 0) | (flat[row] >= concepts)].unique()[:5].tolist()
+            vals = flat[row][out_of_range[row]].unique()[:5].tolist()
             raise ValueError(f"probe image {int(indices[row])}: {what} label(s) {vals} are not in "
                              f"the concept table (ids 0..{concepts - 1})")
 
@@ -123,4 +127,12 @@ def tally_pairs(maps: torch.Tensor, pair_unit: torch.Tensor, pair_row: torch.Ten
             sc = sc[keep]
             both_flat.index_add_(0, unit[fs] * concepts + sc, count[fs])
             present[fs, label_category[sc]] = True
+            # an entry −k−1 says "this image has a category-k label, but a nameless one" (the
+            # reference's reading of Broden's scene cells of 0): the mask then enters the
+            # union of category k's concepts without scoring any label
+            flags = image_labels[row]
+            keep = (flags < 0) & (count[:, None] > 0)
+            if keep.any():
+                fs = torch.arange(flags.shape[0], device=flags.device)[:, None].expand_as(flags)
+                present[fs[keep], -flags[keep] - 1] = True
         out.unit_cat.index_add_(0, unit, present[:, :cats].long() * count[:, None])
