@@ -1,8 +1,9 @@
 """Session reports as ONE self-contained HTML file, and the same content for pytest-html.
 
 Everything is inline (CSS, JS, images as ``data:`` URIs, no web fonts) so the file can be
-attached to a CI run, mailed, or opened offline years later and still look the same. All
-text from records is escaped: test names, concept labels and messages are user data.
+attached to a CI run, mailed, or opened offline years later and still look the same. The
+markup is in ``templates/*.html.j2`` (jinja2, autoescaped: test names, concept labels and
+messages are user data); this module computes what the templates show.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from markupsafe import Markup
+
 from nemaudit.audit.methods import DEFAULT_METHOD, Method, record_payloads
-from nemaudit.report.html_parts import asset, badge, esc, kv, plot, wbr
+from nemaudit.report.html_parts import asset, picture, render
 from nemaudit.report.json_report import (
     OUTCOMES,
     SCHEMA,
@@ -46,11 +49,18 @@ def _payloads(record: Record) -> list[tuple[Method, Mapping[str, Any]]]:
     return [(m, p) for m, p in record_payloads(record) if p]
 
 
-def _scalar(v: Any) -> str:
-    """Escaped text for a session/env value; containers as compact JSON."""
+def _scalar(key: str, v: Any) -> tuple[str, str, bool]:
+    """A session/env value as a (key, text, code) item of the ``kv`` macro; containers as
+    compact JSON in ``<code>``."""
     if isinstance(v, (dict, list, tuple)):
-        return f"<code>{esc(json.dumps(v, default=str))}</code>"
-    return esc(fmt_num(v))
+        return key, json.dumps(v, default=str), True
+    return key, fmt_num(v), False
+
+
+def _outcome(r: Record) -> str:
+    """The outcome as a CSS class (an unknown outcome reads as an error)."""
+    o = r.get("outcome")
+    return o if o in OUTCOMES else "error"
 
 
 # --------------------------------------------------------------------------- header
@@ -69,38 +79,24 @@ def _env_line(env: Mapping[str, Any]) -> str:
         parts.append(f"host {env['hostname']}")
     if env.get("timestamp"):
         parts.append(str(env["timestamp"]))
-    return " · ".join(esc(p) for p in parts)
+    return " · ".join(parts)
 
 
-def _header(records: Sequence[Record], session: Mapping[str, Any], env: Mapping[str, Any]) -> str:
+def _header(records: Sequence[Record], session: Mapping[str, Any],
+            env: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``header.html.j2`` shows: title, verdict, counts, environment and session."""
     s = summarize(records)
     decided = s["passed"] + s["failed"] + s["error"]
-    if s["ok"]:
-        verdict = (f'<span class="verdict ok">PASSED</span>all {s["passed"]} '
-                   f'propert{"y" if s["passed"] == 1 else "ies"} held')
-    else:
-        bad = s["failed"] + s["error"]
-        verdict = (f'<span class="verdict bad">FAILED</span>{bad} of {decided} '
-                   f'propert{"y" if decided == 1 else "ies"} did not hold')
-    counts = "".join(f'<div class="count {o}"><b>{s[o]}</b>{o}</div>' for o in OUTCOMES)
-    counts += f'<div class="count"><b>{s["duration"]:.1f} s</b>total time</div>'
-    title = session.get("title") or "nemaudit report"
-    env_items = [(k, _scalar(v)) for k, v in env.items() if k not in ("git", "argv")]
+    env_items = [_scalar(k, v) for k, v in env.items() if k not in ("git", "argv")]
     git = env.get("git") or {}
-    env_items += [(f"git {k}", _scalar(v)) for k, v in git.items()]
+    env_items += [_scalar(f"git {k}", v) for k, v in git.items()]
     if env.get("argv"):
-        env_items.append(("argv", f"<code>{esc(' '.join(map(str, env['argv'])))}</code>"))
-    sess_items = [(k, _scalar(v)) for k, v in session.items() if k != "title"]
-    details = f"<div>{kv(env_items)}</div>"
-    if sess_items:
-        details = f"<div><h3>session</h3>{kv(sess_items)}</div><div><h3>environment</h3>" \
-                  f"{kv(env_items)}</div>"
-    return (f'<header class="top"><h1>{esc(title)}</h1>'
-            f'<div class="muted">{_env_line(env)}</div>'
-            f'<p style="font-size:16px;margin:14px 0 0">{verdict}</p>'
-            f'<div class="counts">{counts}</div>'
-            f'<details class="env"><summary>environment and session details</summary>'
-            f'<div class="env-grid">{details}</div></details></header>')
+        env_items.append(("argv", " ".join(map(str, env["argv"])), True))
+    return {"title": session.get("title") or "nemaudit report", "env_line": _env_line(env),
+            "ok": s["ok"], "passed": s["passed"], "bad": s["failed"] + s["error"],
+            "decided": decided, "counts": [(o, s[o]) for o in OUTCOMES],
+            "duration": f"{s['duration']:.1f} s", "env_items": env_items,
+            "session_items": [_scalar(k, v) for k, v in session.items() if k != "title"]}
 
 
 def _measured(r: Record) -> tuple[str, str]:
@@ -115,16 +111,16 @@ def _headline(r: Record) -> tuple[Method, Any] | None:
     return None
 
 
-def _measured_cell(r: Record) -> str:
-    m = _measured(r)[0]
+def _measured_cell(r: Record) -> dict[str, str]:
+    """The summary's measured cell: the number, or (a passing Python assert leaves no
+    expectation behind) what the audit measured, with a ``title`` saying so."""
     head = _headline(r)
     if r.get("measured") is None and not r.get("expectation") and head and head[1] is not None:
-        # a passing Python assert leaves no expectation behind: show what the audit measured
         method, v = head
-        return (f'<span class="muted" title="{esc(method.headline.replace("_", " "))} over all '
-                f'units (no expectation was recorded)">{esc(method.headline_label)} '
-                f'{esc(fmt_pct(v))}</span>')
-    return esc(m)
+        return {"text": f"{method.headline_label} {fmt_pct(v)}",
+                "title": f"{(method.headline or '').replace('_', ' ')} over all units "
+                         "(no expectation was recorded)"}
+    return {"text": _measured(r)[0], "title": ""}
 
 
 def summary_table(records: Sequence[Record]) -> str:
@@ -132,61 +128,38 @@ def summary_table(records: Sequence[Record]) -> str:
     (and model, when the properties do not all audit the same one)."""
     models = {r.get("model") for r in records}
     show_model = len(models) > 1
-    rows = []
-    for i, r in enumerate(records, 1):
-        b = _measured(r)[1]
-        o = r.get("outcome") if r.get("outcome") in OUTCOMES else "error"
-        model = f'<td>{esc(r.get("model") or "—")}</td>' if show_model else ""
-        rows.append(
-            f'<tr class="{o}"><td>{badge(r.get("outcome"))}</td>'
-            f'<td class="name"><a href="#p{i}">{wbr(r.get("name") or r.get("nodeid"))}</a></td>'
-            f'<td><code>{wbr(r.get("expectation") or "—")}</code></td>'
-            f'<td class="num">{_measured_cell(r)}</td><td class="num">{esc(b)}</td>'
-            f'<td>{esc(r.get("layer") or "—")}</td>'
-            f'<td class="mono">{esc(corruption_text(r.get("corruption")))}</td>{model}'
-            f'<td class="num">{float(r.get("duration") or 0):.2f} s</td></tr>')
-    caption = ""
-    if not show_model and models != {None}:
-        caption = f'<caption>model {esc(next(iter(models)))}</caption>'
-    return ('<div class="scroll-x"><table class="summary">'
-            f'{caption}<thead><tr><th>outcome</th><th>property</th>'
-            '<th>expectation</th><th class="num">measured</th><th class="num">bound</th>'
-            f'<th>layer</th><th>corruption</th>{"<th>model</th>" if show_model else ""}'
-            '<th class="num">time</th></tr>'
-            f'</thead><tbody>{"".join(rows)}</tbody></table></div>')
+    rows = [{"cls": _outcome(r), "outcome": r.get("outcome"), "index": i,
+             "name": r.get("name") or r.get("nodeid"), "expectation": r.get("expectation") or "—",
+             "measured": _measured_cell(r), "bound": _measured(r)[1],
+             "layer": r.get("layer") or "—", "corruption": corruption_text(r.get("corruption")),
+             "model": r.get("model") or "—", "duration": f"{float(r.get('duration') or 0):.2f} s"}
+            for i, r in enumerate(records, 1)]
+    caption = next(iter(models), None) if not show_model and models != {None} else None
+    return render("summary.html.j2", rows=rows, show_model=show_model, caption=caption)
 
 
 # --------------------------------------------------------------------------- one property
 
 
-def _sweep_table(sweep: Mapping[str, Any], links: bool = False) -> str:
-    """The numbers behind a sweep plot. ``links``: the overview's form, where series names
-    already say kind and layer, and each point links to the test items it came from."""
+def _sweep_table(sweep: Mapping[str, Any], links: bool = False) -> dict[str, Any]:
+    """The numbers behind a sweep plot (the ``sweep_table`` macro's view). ``links``: the
+    overview's form, where series names already say kind and layer, and each point links to
+    the test items it came from."""
     pts = list(sweep.get("points") or [])
     xk = str(sweep.get("x", "x"))
-    xcol = "" if sweep_is_degenerate(sweep) else f'<th class="num">{esc(X_LABELS.get(xk, xk))}</th>'
     rows = []
     for p in pts:
         c = p.get("corruption")
         text = corruption_text(parse_spec(c)) if isinstance(c, str) and ":" in c else (
             corruption_text(c) if isinstance(c, Mapping) else c or "")
-        cells = [f'<td>{esc(p.get("label") or p.get("series") or "")}</td>',
-                 "" if links else f'<td>{esc(p.get("layer") or "")}</td>',
-                 f'<td class="num">{esc(_fmt_x(xk, p.get("x")))}</td>' if xcol else "",
-                 f'<td class="num">{esc(fmt_pct(p.get("flip_rate")))}</td>',
-                 f'<td class="num">{esc(fmt_pct(p.get("flip_rate_detectors")))}</td>',
-                 "" if links else f'<td class="mono">{esc(text)}</td>']
-        if links:
-            refs = p.get("records") or ([[p["record"], p.get("name")]] if p.get("record") else [])
-            cells.append("<td>" + "<br>".join(f'<a href="#p{int(i)}">{esc(n)}</a>'
-                                              for i, n in refs) + "</td>")
-        rows.append(f'<tr>{"".join(cells)}</tr>')
-    head = (f'<th>series</th>{"" if links else "<th>layer</th>"}{xcol}'
-            '<th class="num">flip rate</th><th class="num">detectors</th>'
-            f'{"<th>test items</th>" if links else "<th>corruption</th>"}')
-    return (f'<details><summary>data ({len(pts)} point{"" if len(pts) == 1 else "s"})</summary>'
-            f'<div class="scroll-x"><table class="compact"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table></div></details>')
+        refs = p.get("records") or ([[p["record"], p.get("name")]] if p.get("record") else [])
+        rows.append({"label": p.get("label") or p.get("series") or "",
+                     "layer": p.get("layer") or "", "x": _fmt_x(xk, p.get("x")),
+                     "flip": fmt_pct(p.get("flip_rate")),
+                     "detectors": fmt_pct(p.get("flip_rate_detectors")), "corruption": text,
+                     "refs": [(int(i), n) for i, n in refs] if links else []})
+    return {"links": links, "n": len(pts), "rows": rows, "has_x": not sweep_is_degenerate(sweep),
+            "x_label": X_LABELS.get(xk, xk)}
 
 
 def _fmt_x(xkind: str, x: Any) -> str:
@@ -207,16 +180,13 @@ def _sweep_html(sweep: Mapping[str, Any], name: str) -> str:
         return ""
     sweep = refine_sweep(sweep)
     heading = sweep_heading(sweep)
-    chart = plot(sweep_png, sweep, None, alt=f"{heading} for {name}")
-    same = sweep.get("same") or {}
-    note = ""
-    if same:
-        said = {"layer": "{}", "linf": "L∞ budget ε = {}", "std": "noise σ = {}",
-                "fraction": "{} of the probe poisoned"}
-        vals = {k: fmt_pct(v, 0) if k == "fraction" else _fmt_x(k, v) for k, v in same.items()}
-        note = ('<p class="muted">every audit here: ' + " · ".join(
-            esc(said.get(k, k + " {}").format(v)) for k, v in vals.items()) + "</p>")
-    return f'<h3>{esc(heading)}</h3>{note}<div class="chart">{chart}</div>{_sweep_table(sweep)}'
+    said = {"layer": "{}", "linf": "L∞ budget ε = {}", "std": "noise σ = {}",
+            "fraction": "{} of the probe poisoned"}
+    notes = [said.get(k, k + " {}").format(fmt_pct(v, 0) if k == "fraction" else _fmt_x(k, v))
+             for k, v in (sweep.get("same") or {}).items()]
+    return render("sweep.html.j2", heading=heading, notes=notes,
+                  png=picture(sweep_png, sweep, None), alt=f"{heading} for {name}",
+                  table=_sweep_table(sweep))
 
 
 def overview_html(records: Sequence[Record]) -> str:
@@ -233,13 +203,20 @@ def overview_html(records: Sequence[Record]) -> str:
         if sw.get("method") not in (None, DEFAULT_METHOD):
             where += f' ({sw["method"]})'
         n = len({i for p in sw["points"] for i, _ in p.get("records") or [[p.get("record"), 0]]})
-        chart = plot(sweep_png, sw, None, alt=f"{heading}, {where}")
-        blocks.append(f'<div class="ov"><div class="ov-title"><b>{esc(heading)}</b> '
-                      f'<span class="muted">{esc(where)} · {n} test items</span></div>'
-                      f'{chart}{_sweep_table(sw, links=True)}</div>')
-    return ('<h3>overview <span class="muted">flip rate across test items; solid: all units, '
-            'dashed: clean detectors</span></h3>'
-            f'<div class="overview">{"".join(blocks)}</div>')
+        blocks.append({"heading": heading, "where": where, "n": n,
+                       "png": picture(sweep_png, sw, None), "alt": f"{heading}, {where}",
+                       "table": _sweep_table(sw, links=True)})
+    return render("overview.html.j2", blocks=blocks)
+
+
+def _section(method: Method, payload: Mapping[str, Any], index: int, interactive: bool,
+             diff_limit: int | None) -> Markup:
+    """A method's section, to insert as HTML: :meth:`Method.section` returns HTML by
+    contract. The built-in ones come from autoescaping templates
+    (:mod:`~nemaudit.report.netdissect_html`, :mod:`~nemaudit.report.milan_html`); another
+    method's section is registered code, which escapes its payload itself (with
+    ``html_parts.esc``, or a template of its own)."""
+    return Markup(method.section(payload, index, interactive, diff_limit))
 
 
 def property_fragment(record: Record, index: int = 1, interactive: bool = True,
@@ -248,40 +225,27 @@ def property_fragment(record: Record, index: int = 1, interactive: bool = True,
     explanation method the record carries a payload of (:meth:`~nemaudit.audit.methods.
     Method.section`, in registry order). ``interactive=False`` drops what needs the page's
     script; ``diff_limit`` caps per-unit tables."""
-    outcome = record.get("outcome") if record.get("outcome") in OUTCOMES else "error"
     name = record.get("name") or record.get("nodeid") or f"property {index}"
     m, b = _measured(record)
-    expect = ""
-    if record.get("expectation"):
-        expect = (f'<div class="expect {outcome}"><code>{esc(record["expectation"])}</code> — '
-                  f'measured <span class="measured">{esc(m)}</span> vs bound {esc(b)}</div>')
-    msg = f'<pre class="message">{esc(record["message"])}</pre>' if record.get("message") else ""
-    head = (f'<div class="head"><h2>{badge(record.get("outcome"))} {esc(name)}</h2>'
-            f'<div class="nodeid mono">{esc(record.get("nodeid") or "")}</div>{expect}{msg}</div>')
-    facts = [("model", esc(record.get("model") or "—")), ("probe", esc(record.get("probe") or "—")),
-             ("layer", esc(record.get("layer") or "—")),
-             ("corruption", f'<code>{esc(corruption_text(record.get("corruption")))}</code>'),
-             ("time", esc(f'{float(record.get("duration") or 0):.2f} s'))]
+    facts = [("model", record.get("model") or "—", False),
+             ("probe", record.get("probe") or "—", False),
+             ("layer", record.get("layer") or "—", False),
+             ("corruption", corruption_text(record.get("corruption")), True),
+             ("time", f'{float(record.get("duration") or 0):.2f} s', False)]
     payloads = _payloads(record)
     for method, payload in payloads:
-        facts += [(k, esc(fmt_num(v))) for k, v in method.facts(payload)]
-    parts = [kv(facts).replace('class="kv"', 'class="kv facts"', 1)]
-    if record.get("sweep"):
-        parts.append(_sweep_html(record["sweep"], str(name)))
-    for method, payload in payloads:
-        parts.append(method.section(payload, index, interactive, diff_limit))
-    return (f'<section class="prop {outcome}" id="p{index}">{head}'
-            f'<div class="body">{"".join(parts)}</div></section>')
+        facts += [(k, fmt_num(v), False) for k, v in method.facts(payload)]
+    return render(
+        "property.html.j2", index=index, outcome=record.get("outcome"), cls=_outcome(record),
+        name=name, nodeid=record.get("nodeid") or "", expectation=record.get("expectation"),
+        measured=m, bound=b, message=record.get("message"), facts=facts,
+        # rendered by sweep.html.j2
+        sweep=Markup(_sweep_html(record["sweep"], str(name)) if record.get("sweep") else ""),
+        sections=[_section(method, payload, index, interactive, diff_limit)
+                  for method, payload in payloads])
 
 
 # --------------------------------------------------------------------------- documents
-
-
-def _overview(records: Sequence[Record]) -> str:
-    try:
-        return overview_html(records)
-    except Exception as e:  # noqa: BLE001 - the overview is a courtesy, never lose the report
-        return f'<p class="muted">overview failed: {esc(type(e).__name__)}: {esc(e)}</p>'
 
 
 def render_html(records: Iterable[Record], session: Mapping[str, Any] | None = None) -> str:
@@ -289,23 +253,23 @@ def render_html(records: Iterable[Record], session: Mapping[str, Any] | None = N
     records = list(records)
     session = dict(session or {})
     env = session.pop("environment", None) or environment()
-    title = session.get("title") or "nemaudit report"
-    s = summarize(records)
-    sections = "".join(property_fragment(r, i) for i, r in enumerate(records, 1))
-    style = f"body{{margin:0;background:#fff}}\n{asset('report.css')}"
-    script = f"\n{asset('report.js')}\n"
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f'<meta http-equiv="Content-Security-Policy" content="{esc(csp(style, script))}">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f'<title>{esc(title)} — {"passed" if s["ok"] else "FAILED"}</title>'
-        '<link rel="icon" href="data:,">'
-        f'<style>{style}</style></head>'
-        f'<body class="nemaudit"><div class="page">{_header(records, session, env)}'
-        f'<h3>properties</h3>{summary_table(records)}{_overview(records)}{sections}'
-        '<p class="muted" style="margin-top:40px;font-size:12px">generated by nemaudit · '
-        f'schema {esc(SCHEMA)}</p></div>'
-        f'<script>{script}</script></body></html>\n')
+    overview, overview_error = Markup(), ""
+    try:
+        overview = Markup(overview_html(records))  # rendered by overview.html.j2
+    except Exception as e:  # noqa: BLE001 - the overview is a courtesy, never lose the report
+        overview_error = f"{type(e).__name__}: {e}"  # text: the page template escapes it
+    # CSS and JS are the package's own files (fixed text, no record data): inlined as they
+    # are, and the CSP hashes exactly what is inlined
+    style = "body{margin:0;background:#fff}\n" + asset("report.css")
+    script = "\n" + asset("report.js") + "\n"
+    # summary and sections: Markup, rendered by their own (autoescaping) templates
+    page = render("page.html.j2", csp=csp(style, script), style=Markup(style),
+                  script=Markup(script), ok=summarize(records)["ok"],
+                  header=_header(records, session, env), summary=Markup(summary_table(records)),
+                  overview=overview, overview_error=overview_error,
+                  sections=[Markup(property_fragment(r, i)) for i, r in enumerate(records, 1)],
+                  schema=SCHEMA)
+    return page + "\n"
 
 
 def csp(style: str, script: str) -> str:
@@ -336,5 +300,6 @@ def pytest_html_extras(record: Record, diff_limit: int = 50) -> list:
     # a stable, page-unique index: many of these fragments share one pytest-html page
     index = zlib.crc32(str(record.get("nodeid") or record.get("name")).encode()) or 1
     body = property_fragment(record, index, interactive=False, diff_limit=diff_limit)
-    content = f'<div class="nemaudit"><style>{asset("report.css")}</style>{body}</div>'
+    # report.css is the package's own file, inlined as it is; body: property.html.j2's
+    content = render("extras.html.j2", style=Markup(asset("report.css")), body=Markup(body))
     return [extras.html(content)]

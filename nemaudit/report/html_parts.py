@@ -1,28 +1,64 @@
-"""HTML primitives shared by the report skeleton (:mod:`nemaudit.report.html`) and the
-methods' sections (``nemaudit.report.<method>_html``).
+"""What the report skeleton (:mod:`nemaudit.report.html`) and the methods' sections
+(``nemaudit.report.<method>_html``) share: the jinja2 environment the report is rendered
+with, and the few helpers its views need. Shared markup (badge, cards, definition lists,
+images) is in ``templates/macros.html.j2``.
 
-This module imports none of them, so a section module can use it without an import cycle.
-Every function escapes what it is given as text: records carry user data (test names,
-concept labels, messages, descriptions).
+The markup lives in ``nemaudit/report/templates/*.html.j2``; Python only computes what to
+show. Every template is rendered with autoescape on: records carry user data (test names,
+concept labels from an untrusted probe, messages, descriptions), and a template escapes
+every value it prints unless it is :class:`~markupsafe.Markup`. Only two things are made
+Markup: what a template rendered (:func:`render`) and fixed text (the package's CSS/JS).
+
+This module imports none of the section modules, so a section module can use it without an
+import cycle.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from functools import cache
-from html import escape
 from importlib import resources
 from typing import Any
 
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup, escape
+
 from nemaudit.report.json_report import OUTCOMES
 
-__all__ = ["asset", "badge", "card", "card_row", "esc", "img", "kv", "plot", "wbr"]
+__all__ = ["asset", "esc", "jinja_env", "picture", "render", "wbr"]
+
+
+def _finalize(v: Any) -> Any:
+    """What ``{{ v }}`` prints: ``None`` prints nothing (as :func:`esc` always did)."""
+    return "" if v is None else v
+
+
+@cache
+def jinja_env() -> Environment:
+    """The report's jinja2 environment (one per process): templates from
+    ``nemaudit/report/templates``, autoescape on for every template, and a variable the view
+    does not define is an error rather than an empty string."""
+    env = Environment(loader=PackageLoader("nemaudit.report", "templates"), autoescape=True,
+                      undefined=StrictUndefined, finalize=_finalize, trim_blocks=True,
+                      lstrip_blocks=True, auto_reload=False)
+    env.filters["wbr"] = wbr
+    env.globals["OUTCOMES"] = OUTCOMES
+    return env
+
+
+def render(template: str, **context: Any) -> str:
+    """``templates/<template>`` rendered with ``context``. A plain str, as the report's public
+    functions return; a parent template takes it as ``Markup(...)`` (an autoescaping
+    template made it), anything else it is given it escapes."""
+    return jinja_env().get_template(template).render(**context)
 
 
 def esc(v: Any) -> str:
-    """``v`` as escaped HTML text (attribute-safe); ``""`` for None."""
-    return escape("" if v is None else str(v), quote=True)
+    """``v`` as escaped HTML text (attribute-safe); ``""`` for None. The templates escape on
+    their own; this is for HTML built outside them, e.g. a third-party
+    :meth:`~nemaudit.audit.methods.Method.section` (same escaping as the templates')."""
+    return str(escape("" if v is None else str(v)))
 
 
 @cache
@@ -33,49 +69,20 @@ def asset(name: str) -> str:
         encoding="utf-8")
 
 
-def wbr(v: Any) -> str:
+def wbr(v: Any) -> Markup:
     """Escaped text with break opportunities after ``_``, ``/``, a ``.`` that is no decimal
     point, and before ``[``: names like ``flip_rate_detectors`` or
     ``test_noise_sweep_layer4[0.01]`` wrap in narrow table columns at their joints instead
-    of mid-word or not at all."""
-    return re.sub(r"([_/]|\.(?!\d))", r"\1<wbr>", esc(v)).replace("[", "<wbr>[")
+    of mid-word or not at all. (Also the templates' ``wbr`` filter.)"""
+    # the text is escaped first (entities hold none of _ / . [), then only <wbr> is added
+    text = str(escape("" if v is None else str(v)))
+    return Markup(re.sub(r"([_/]|\.(?!\d))", r"\1<wbr>", text).replace("[", "<wbr>["))
 
 
-def badge(outcome: str | None) -> str:
-    """The coloured outcome badge (an unknown outcome reads as an error)."""
-    o = outcome if outcome in OUTCOMES else "error"
-    return f'<span class="badge {o}">{esc(outcome or "error")}</span>'
-
-
-def img(b64: str | None, alt: str, cls: str = "") -> str:
-    """An inline PNG (base64) as ``<img>``; ``""`` when there is no picture."""
-    if not b64:
-        return ""
-    return (f'<img class="{esc(cls)}" alt="{esc(alt)}" '
-            f'src="data:image/png;base64,{esc(b64)}">')
-
-
-def kv(pairs: Iterable[tuple[str, Any]]) -> str:
-    """A definition list; keys are escaped, values are HTML already."""
-    items = "".join(f"<dt>{esc(k)}</dt><dd>{v}</dd>" for k, v in pairs)
-    return f'<dl class="kv">{items}</dl>'
-
-
-def card(label: str, value: str, sub: str = "") -> str:
-    """One metric card: a label, a big value and a line under it."""
-    return (f'<div class="card"><div class="label">{esc(label)}</div>'
-            f'<div class="value">{esc(value)}</div><div class="sub">{esc(sub)}</div></div>')
-
-
-def card_row(items: Iterable[str]) -> str:
-    """A row of :func:`card` s."""
-    return f'<div class="cards">{"".join(items)}</div>'
-
-
-def plot(fn: Callable[..., str], *args: Any, alt: str) -> str:
-    """``fn(*args)`` (a base64 PNG from :mod:`nemaudit.report.plots`) as an image, or a note
-    when matplotlib is missing."""
+def picture(fn: Callable[..., str], *args: Any) -> str | None:
+    """``fn(*args)``: a base64 PNG from :mod:`nemaudit.report.plots`; None when matplotlib is
+    missing (the ``plot`` macro of ``macros.html.j2`` then says how to get it)."""
     try:
-        return img(fn(*args), alt, "plot")
+        return fn(*args)
     except ImportError:
-        return '<p class="muted">plots need matplotlib: pip install "nemaudit[report]"</p>'
+        return None
