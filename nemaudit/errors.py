@@ -17,6 +17,11 @@ class ActivationError(NemauditError):
     """Activations are unusable (NaN/inf), naming the units and images involved."""
 
 
+class NemauditWarning(UserWarning):
+    """A verdict to look at: a property that holds at its point estimate but not at its
+    confidence bound (``flip_rate <= 0.05 @ 95%``)."""
+
+
 class SpecError(NemauditError):
     """A property, corruption or CLI spec is malformed (names the field and what is allowed)."""
 

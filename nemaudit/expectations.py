@@ -1,7 +1,8 @@
 """The expectation grammar: ``"flip_rate <= 0.05"``, never ``eval``. Torch-free.
 
 ``<metric>[<key>]... <op> <number>`` with ``<= < >= > ==``, or the word
-``unchanged_since_baseline``. Metric names come from the method registry
+``unchanged_since_baseline``; a rate may add ``@ 95%`` (judged at its confidence bound:
+:meth:`Expectation.judge`). Metric names come from the method registry
 (:data:`nemaudit.audit.methods.METHODS`): the default method's (Network Dissection) are bare,
 another method's carry its prefix (``milan.manipulated_rate <= 0.1``); where the method is
 known from context (a MILAN result, ``method = "milan"``) bare names are that method's
@@ -28,8 +29,8 @@ from nemaudit.audit.methods import (
 )
 from nemaudit.errors import SpecError
 
-__all__ = ["BASELINE", "OPS", "Expectation", "ExpectationError", "in_method", "metrics_of",
-           "parse_expectation"]
+__all__ = ["BASELINE", "OPS", "Expectation", "ExpectationError", "Verdict", "in_method",
+           "metrics_of", "parse_expectation"]
 
 #: the word that makes a property compare the clean explanations with a committed baseline
 BASELINE = "unchanged_since_baseline"
@@ -58,6 +59,8 @@ class Expectation:
     keys: tuple[str, ...] = ()
     op: str = ""
     bound: float | None = None
+    #: ``@ 95%``: judge the rate's confidence bound, not only its point estimate
+    confidence: float | None = None
 
     @property
     def is_baseline(self) -> bool:
@@ -91,6 +94,25 @@ class Expectation:
             value = value[k]
             where += f"[{k!r}]"
         return value
+
+    def judge(self, metrics: Mapping[str, Any], result: Any) -> Verdict:
+        """pass / warn / fail: without ``@`` the point estimate decides (pass or fail); with
+        ``@ level`` a rate passes only when its exact interval over units lies within the
+        bound (the upper end for ``<``/``<=``, the lower for ``>``/``>=``), and *warns* when
+        the point estimate holds but the bound does not."""
+        ok, measured = self.evaluate(metrics)
+        if not ok:
+            return Verdict("failed", measured)
+        if self.confidence is None:
+            return Verdict("passed", measured)
+        m = method_of_prefix(self.metric) or get_method(DEFAULT_METHOD)
+        interval = result.interval(self.metric[len(m.prefix):], self.keys, self.confidence)
+        if interval is None:
+            return Verdict("warned", measured)
+        edge = interval.hi if self.op in ("<", "<=") else interval.lo
+        assert self.bound is not None
+        holds = OPS[self.op](edge, self.bound)
+        return Verdict("passed" if holds else "warned", measured, interval)
 
     def evaluate(self, metrics: Mapping[str, Any]) -> tuple[bool, float | None]:
         """(holds?, measured value); an undefined measurement (None) never holds."""
@@ -160,12 +182,50 @@ def parse_expectation(text: Any) -> Expectation:
     op = om.group()
     if op not in OPS:
         raise ExpectationError(f"{s!r}: unknown operator {op!r}; allowed operators: {_OPS_TEXT}")
-    num = rest[om.end():]
+    num, at, level_text = rest[om.end():].partition("@")
     bound = _number(num)
     if bound is None:
         raise ExpectationError(f"{s!r}: expected a number after {op!r}, got {num.strip()!r} "
                                "(decimals, 1e-3 or fractions like 4/255)")
-    return Expectation(s, metric, tuple(keys), op, bound)
+    confidence = None
+    if at:
+        confidence = _level(level_text)
+        if confidence is None:
+            raise ExpectationError(f"{s!r}: expected a confidence level after '@', like 95% or "
+                                   f"0.95, got {level_text.strip()!r}")
+        if op == "==":
+            raise ExpectationError(f"{s!r}: '@ level' needs a one-sided bound (<, <=, >, >=)")
+        if not shape.rate:
+            rates = [n for n, sh in method.metrics.items() if sh.rate]
+            raise ExpectationError(f"{s!r}: {metric} is not a share of units, so it has no "
+                                   f"binomial interval; '@ level' applies to "
+                                   f"{', '.join(method.prefix + r for r in rates)}")
+    return Expectation(s, metric, tuple(keys), op, bound, confidence)
+
+
+def _level(text: str) -> float | None:
+    """``95%``, ``99.9 %`` or ``0.95`` → 0.95; anything else (or outside (0, 1)) → None."""
+    t = text.strip()
+    pct = t.endswith("%")
+    v = _number(t[:-1] if pct else t)
+    if v is None:
+        return None
+    v = v / 100 if pct else v
+    return v if 0 < v < 1 else None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """An expectation's outcome: ``passed``, ``warned`` (the point estimate holds, its
+    confidence bound does not) or ``failed``, with the measured value and the interval."""
+
+    status: str
+    measured: float | None
+    interval: Any = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
 
 
 def _unknown_metric(metric: str) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import PIL.Image  # noqa: F401
 import pytest
+import scipy.stats  # noqa: F401
 import torch  # noqa: F401
 
 # In-process pytester runs drop the modules a run imported; torch's C extension cannot be
@@ -531,3 +532,36 @@ def test_junit_xml_carries_measured_value_and_bound(project):
              for p in cases["big noise[layer2]"].iter("property")}
     assert props["nemaudit_expectation"].startswith("flip_rate")
     assert float(props["nemaudit_bound"]) >= 0 and float(props["nemaudit_measured"]) >= 0
+
+
+WARN_TESTS = """
+def test_warned(nemaudit):
+    r = nemaudit.audit(model="toys.py:ToyNet", probe="python:toys.py:ToyProbe(n=32)",
+                       layer="layer2", normalize="none", corruption="gaussian:std=0.3")
+    p, iv = float(r.flip_rate), r.interval("flip_rate", level=0.95)
+    assert iv.lo <= p < iv.hi  # (the toy flips some, not all, of its 16 units)
+    nemaudit.expect(r, f"flip_rate <= {(p + iv.hi) / 2} @ 95%")
+
+def test_held(nemaudit):
+    r = nemaudit.audit(model="toys.py:ToyNet", probe="python:toys.py:ToyProbe(n=32)",
+                       layer="layer2", normalize="none", corruption="gaussian:std=0.3")
+    nemaudit.expect(r, "flip_rate <= 1 @ 95%")
+"""
+
+
+def test_confidence_bounds_warn_and_fail_on_warn(project):
+    project.makepyfile(test_warn=WARN_TESTS)
+    result = project.runpytest("--nemaudit", "--nemaudit-cache-dir", "none",
+                               "--nemaudit-json", "r.json", "-p", "no:randomly")
+    result.assert_outcomes(passed=2, warnings=1)
+    result.stdout.fnmatch_lines(["*NemauditWarning: flip_rate <= * @ 95% holds at the point "
+                                 "estimate but not at its 95% bound: * over 16 units*",
+                                 "*WARN*test_warned*"])
+    recs = {r["name"]: r for r in json.loads((project.path / "r.json").read_text())["records"]}
+    assert recs["test_warned"]["outcome"] == "warned" and recs["test_held"]["outcome"] == "passed"
+    iv = recs["test_warned"]["interval"]
+    assert iv["n"] == 16 and iv["lo"] <= recs["test_warned"]["measured"] < iv["hi"]
+    strict = project.runpytest("--nemaudit", "--nemaudit-cache-dir", "none",
+                               "--nemaudit-fail-on-warn", "-p", "no:randomly")
+    strict.assert_outcomes(passed=1, failed=1)
+    strict.stdout.fnmatch_lines(["*a warning, failed by --nemaudit-fail-on-warn*"])

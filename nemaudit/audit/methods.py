@@ -38,6 +38,8 @@ class MetricShape:
 
     help: str = "number"
     arity: tuple[int, ...] = (0,)
+    #: a share of units (k of n): it has an exact binomial interval, so ``@ 95%`` applies
+    rate: bool = False
 
 
 class Method:

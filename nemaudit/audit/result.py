@@ -100,6 +100,19 @@ class MethodResult:
             out.append(f"… {len(rows) - limit} more {self.changed_noun}")
         return out
 
+    def counts(self, metric: str, keys: tuple[str, ...] = ()) -> tuple[int, int] | None:
+        """(k, n) behind a rate metric (its bare name and keys): k of the n units it is a
+        share of; None for metrics that are no share of units."""
+        return None
+
+    def interval(self, metric: str, keys: tuple[str, ...] = (), level: float = 0.95) -> Any:
+        """The exact binomial interval over units of a rate metric
+        (:class:`~nemaudit.audit.confidence.Interval`), or None when it has none."""
+        from nemaudit.audit.confidence import binomial_interval
+
+        c = self.counts(metric, tuple(keys))
+        return None if c is None or c[1] == 0 else binomial_interval(c[0], c[1], level)
+
     def to_json(self) -> dict:
         return {"schema": self.schema, "method": self.method, "layer": self.layer,
                 "corruption": self.corruption, "metrics": self.metrics, "meta": self.meta,

@@ -62,6 +62,32 @@ def run_request(state: Any, request: AuditRequest) -> Any:
     return result
 
 
+def settle(state: Any, e: Any, result: Any, metrics: dict) -> tuple[Any, str, dict | None]:
+    """Judge expectation ``e`` on ``result`` and note it on the running item: (verdict,
+    status after ``--nemaudit-fail-on-warn``, the record entry). A warning that does not fail
+    is a :class:`~nemaudit.errors.NemauditWarning` (pytest lists it in its summary)."""
+    import warnings
+
+    from nemaudit.errors import NemauditWarning
+    from nemaudit.harness.messages import interval_text
+
+    verdict = e.judge(metrics, result)
+    status = verdict.status
+    if status == "warned" and state.options.fail_on_warn:
+        status = "failed"
+    entry = None
+    if state.current is not None:
+        entry = state.current.note_expectation(e.text, verdict.measured, e.bound,
+                                               status != "failed", result)
+        entry["status"] = verdict.status
+        if verdict.interval is not None:
+            entry["interval"] = verdict.interval.to_json()
+    if status == "warned":
+        warnings.warn(NemauditWarning(f"{e.text} {interval_text(e, verdict.interval)}"),
+                      stacklevel=3)
+    return verdict, status, entry
+
+
 def check_baseline(state: Any, name: str, request: AuditRequest, *, anchor: Path | None,
                    tolerance: float) -> Any:
     if anchor is None:
@@ -173,15 +199,13 @@ class Nemaudit:
         if e.method != result.method:
             raise SpecError(f"{e.text!r} is a {get_method(e.method).title} metric: check it "
                             f"on a {get_method(e.method).title} result")
-        ok, measured = e.evaluate(metrics_of(result))
-        run = self._state.current
-        if run is not None:
-            run.note_expectation(e.text, measured, e.bound, ok, result)
-        if not ok:
+        verdict, status, _ = settle(self._state, e, result, metrics_of(result))
+        if status == "failed":
             specs = result.meta.get("specs", {})
-            raise AssertionError(failure_message(e, measured, result, specs.get("model"),
-                                                 specs.get("probe")))
-        return Metric(measured or 0.0, e.subject, result)
+            raise AssertionError(failure_message(e, verdict.measured, result,
+                                                 specs.get("model"), specs.get("probe"),
+                                                 verdict=verdict))
+        return Metric(verdict.measured or 0.0, e.subject, result)
 
     def compare_baseline(self, name: str, *, model: Any = None, probe: Any = None,
                          layer: str | None = None, weights: str | None = None,

@@ -44,11 +44,25 @@ def change_summary(result: Any) -> str:
     return get_method(result.method).change_summary(result.metrics)
 
 
+def interval_text(e: Any, interval: Any) -> str:
+    """``holds at the point estimate but not at its 95% bound: [0.01, 0.16] over 32 units``."""
+    if interval is None:
+        return "has no confidence interval here (no units to count)"
+    return (f"holds at the point estimate but not at its {interval.level:.0%} bound: "
+            f"[{interval.lo:.3g}, {interval.hi:.3g}] over {interval.n} units "
+            f"({interval.k} of {interval.n})")
+
+
 def failure_message(e: Any, measured: float | None, result: Any, model: str | None,
-                    probe: str | None, limit: int = DIFF_LINES) -> str:
-    """What a failing expectation prints: verdict, context, and the capped per-unit diff."""
-    head = (f"{e.subject} {e.op} {e.bound:g} does not hold: measured {fmt(measured)}, "
-            f"bound {e.bound:g}")
+                    probe: str | None, limit: int = DIFF_LINES, verdict: Any = None) -> str:
+    """What a failing expectation prints: verdict, context, and the capped per-unit diff
+    (for a warning failed by ``--nemaudit-fail-on-warn``: its interval)."""
+    if verdict is not None and verdict.status == "warned":
+        head = (f"{e.text} {interval_text(e, verdict.interval)} (a warning, failed by "
+                "--nemaudit-fail-on-warn)")
+    else:
+        head = (f"{e.subject} {e.op} {e.bound:g} does not hold: measured {fmt(measured)}, "
+                f"bound {e.bound:g}")
     diff = result.diff_lines(limit)
     lines = [head, "  " + audit_context(result, model, probe), "  " + change_summary(result)
              + (":" if diff else "")]

@@ -25,6 +25,8 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "cache-dir": ("string", "clean-baseline cache directory (default .nemaudit-cache, "
                             "relative to the rootdir; 'none' disables caching)"),
     "update": ("bool", "(re)write committed explanation baselines instead of comparing"),
+    "fail-on-warn": ("bool", "fail a property that holds at its point estimate but not at its "
+                             "confidence bound (@ 95%); default: a warning"),
     "batch-size": ("string", "probe images per forward pass (default 64)"),
     "max-units": ("string", "per-unit attacks attack at most this many units "
                             "(default: every labelled unit)"),
@@ -59,6 +61,7 @@ class Options:
     html: Path | None = None
     cache_dir: Path | None = None
     update: bool = False
+    fail_on_warn: bool = False
     batch_size: int = 64
     max_units: int | None = None
 
@@ -130,4 +133,6 @@ def parse_options(config: pytest.Config) -> Options:
             raise pytest.UsageError(f"{src}: {opts.cache_dir} exists and is not a directory")
     update, _, _ = _raw(config, "update")
     opts.update = bool(update)
+    fail_on_warn, _, _ = _raw(config, "fail-on-warn")
+    opts.fail_on_warn = bool(fail_on_warn)
     return opts

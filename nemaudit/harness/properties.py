@@ -462,7 +462,7 @@ def prepare_property(state: Any, item: PropertyItem) -> None:
 def run_property(state: Any, item: PropertyItem) -> None:
     """Audit the property's layer with every method its expectations need, then check them."""
     from nemaudit.expectations import metrics_of
-    from nemaudit.harness.fixture import check_baseline, run_request
+    from nemaudit.harness.fixture import check_baseline, run_request, settle
     from nemaudit.harness.messages import failure_message, fmt
 
     p = item.prop
@@ -480,19 +480,16 @@ def run_property(state: Any, item: PropertyItem) -> None:
     failed = []
     for e in p.expect:
         try:
-            ok, measured = e.evaluate(metrics)
+            verdict, status, entry = settle(state, e, results[e.method], metrics)
         except ExpectationError as err:
             raise PropertyError(str(err), file=p.file, prop=p.name, field="expect") from None
-        if state.current is not None:
-            entry = state.current.note_expectation(e.text, measured, e.bound, ok,
-                                                   results[e.method])
-            if not ok and state.current.chosen is None:
+        if status == "failed":
+            if entry is not None and state.current.chosen is None:
                 state.current.chosen = entry  # the first failing one is the verdict
-        if not ok:
-            failed.append((e, measured))
+            failed.append((e, verdict))
     if failed:
-        msgs = [failure_message(e, v, results[e.method], p.model, p.probe)
+        msgs = [failure_message(e, v.measured, results[e.method], p.model, p.probe, verdict=v)
                 for e, v in failed[:1]]
-        msgs += [f"also: {e.subject} {e.op} {e.bound:g} does not hold: measured {fmt(v)}"
-                 for e, v in failed[1:]]
+        msgs += [f"also: {e.subject} {e.op} {e.bound:g} does not hold: measured "
+                 f"{fmt(v.measured)}" for e, v in failed[1:]]
         raise PropertyFailed("\n".join(msgs))

@@ -144,6 +144,8 @@ def make_record(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.T
         rec["message"] = text[:4000]
     if run is not None:
         _fill_from_run(rec, run, pictures)
+        if outcome == "passed" and any(x.get("status") == "warned" for x in run.expectations):
+            rec["outcome"] = "warned"  # held at the point estimate, not at a confidence bound
     return jsonable(rec)
 
 
@@ -151,9 +153,12 @@ def _fill_from_run(rec: dict, run: ItemRun, pictures: bool) -> None:
     source = None
     if run.expectations:
         failing = [x for x in run.expectations if not x["ok"]]
-        chosen = run.chosen or (failing or run.expectations)[-1]
+        warned = [x for x in run.expectations if x.get("status") == "warned"]
+        chosen = run.chosen or (failing or warned or run.expectations)[-1]
         rec.update(expectation=chosen["expectation"], measured=chosen["measured"],
                    bound=chosen["bound"])
+        if chosen.get("interval"):
+            rec["interval"] = chosen["interval"]
         source = run.source_of(chosen)
         if len(run.expectations) > 1:
             rec["expectations"] = run.expectations[-50:]

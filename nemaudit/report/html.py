@@ -86,14 +86,15 @@ def _header(records: Sequence[Record], session: Mapping[str, Any],
             env: Mapping[str, Any]) -> dict[str, Any]:
     """What ``header.html.j2`` shows: title, verdict, counts, environment and session."""
     s = summarize(records)
-    decided = s["passed"] + s["failed"] + s["error"]
+    decided = s["passed"] + s["warned"] + s["failed"] + s["error"]
     env_items = [_scalar(k, v) for k, v in env.items() if k not in ("git", "argv")]
     git = env.get("git") or {}
     env_items += [_scalar(f"git {k}", v) for k, v in git.items()]
     if env.get("argv"):
         env_items.append(("argv", " ".join(map(str, env["argv"])), True))
     return {"title": session.get("title") or "nemaudit report", "env_line": _env_line(env),
-            "ok": s["ok"], "passed": s["passed"], "bad": s["failed"] + s["error"],
+            "ok": s["ok"], "passed": s["passed"] + s["warned"], "warned": s["warned"],
+            "bad": s["failed"] + s["error"],
             "decided": decided, "counts": [(o, s[o]) for o in OUTCOMES],
             "duration": f"{s['duration']:.1f} s", "env_items": env_items,
             "session_items": [_scalar(k, v) for k, v in session.items() if k != "title"]}
@@ -219,6 +220,14 @@ def _section(method: Method, payload: Mapping[str, Any], index: int, interactive
     return Markup(method.section(payload, index, interactive, diff_limit))
 
 
+def _interval_text(iv: Any) -> str:
+    """``95% interval over units: [0.012, 0.162] (1 of 32)``; "" without one."""
+    if not isinstance(iv, Mapping) or iv.get("lo") is None or iv.get("hi") is None:
+        return ""
+    return (f"{float(iv.get('level', 0)):.0%} interval over units: [{fmt_num(iv['lo'], 3)}, "
+            f"{fmt_num(iv['hi'], 3)}] ({iv.get('k')} of {iv.get('n')})")
+
+
 def property_fragment(record: Record, index: int = 1, interactive: bool = True,
                       diff_limit: int | None = None) -> str:
     """One property's section: verdict, facts, the test's own sweep, then the section of each
@@ -239,6 +248,7 @@ def property_fragment(record: Record, index: int = 1, interactive: bool = True,
         "property.html.j2", index=index, outcome=record.get("outcome"), cls=_outcome(record),
         name=name, nodeid=record.get("nodeid") or "", expectation=record.get("expectation"),
         measured=m, bound=b, message=record.get("message"), facts=facts,
+        interval=_interval_text(record.get("interval")),
         # rendered by sweep.html.j2
         sweep=Markup(_sweep_html(record["sweep"], str(name)) if record.get("sweep") else ""),
         sections=[_section(method, payload, index, interactive, diff_limit)

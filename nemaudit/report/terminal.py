@@ -39,12 +39,15 @@ def dissection_table(d, max_rows: int = 20) -> Table:
     return table
 
 
-_OUTCOME_STYLE = {"passed": "bold green", "failed": "bold red", "error": "bold yellow",
+_OUTCOME_STYLE = {"passed": "bold green", "warned": "bold magenta", "failed": "bold red",
+                  "error": "bold yellow",
                   "skipped": "dim"}
-_OUTCOME_SHORT = {"passed": "PASS", "failed": "FAIL", "error": "ERR", "skipped": "SKIP"}
+_OUTCOME_SHORT = {"passed": "PASS", "warned": "WARN", "failed": "FAIL", "error": "ERR",
+                  "skipped": "SKIP"}
 #: console width from which the summary may give expectation and corruption columns of their own
 WIDE = 120
-_EXPECT_RE = re.compile(r"^\s*(?P<metric>.+?)\s*(?P<op><=|>=|==|!=|<|>)\s*(?P<bound>\S+)\s*$")
+_EXPECT_RE = re.compile(r"^\s*(?P<metric>.+?)\s*(?P<op><=|>=|==|!=|<|>)\s*(?P<bound>[^\s@]+)"
+                        r"\s*(?:@\s*(?P<level>\S+))?\s*$")
 _SYMBOL = {"<=": "≤", ">=": "≥", "<": "<", ">": ">", "==": "=", "!=": "≠"}
 #: the relation that does hold when the expected one does not
 _NEGATED = {"<=": ">", ">=": "<", "<": "≥", ">": "≤", "==": "≠", "!=": "="}
@@ -86,7 +89,12 @@ def result_text(record: Mapping[str, Any], digits: int = 3) -> str:
 
     holds = OPS[m["op"]](measured, bound) if m["op"] in OPS else measured != bound  # type: ignore[arg-type]
     sym = _SYMBOL[m["op"]] if holds else _NEGATED[m["op"]]
-    return f"{fmt_num(measured, digits)} {sym} {fmt_num(bound, digits)}"
+    text = f"{fmt_num(measured, digits)} {sym} {fmt_num(bound, digits)}"
+    interval = record.get("interval") or {}
+    if m["level"] and _number(interval.get("hi")) and _number(interval.get("lo")):
+        edge = interval["hi"] if m["op"] in ("<", "<=") else interval["lo"]
+        text += f" (at {interval.get('level', 0):.0%}: {fmt_num(edge, digits)})"
+    return text
 
 
 def _metric(record: Mapping[str, Any]) -> str | None:
@@ -105,7 +113,9 @@ def _title(records: Sequence[Mapping[str, Any]]) -> str:
     from nemaudit.report.json_report import summarize
 
     s = summarize(records)
-    counts = ", ".join(f"{s[o]} {o}" for o in ("passed", "failed", "error", "skipped") if s[o])
+    from nemaudit.report.json_report import OUTCOMES
+
+    counts = ", ".join(f"{s[o]} {o}" for o in OUTCOMES if s[o])
     return (f"nemaudit — {s['total']} propert{'y' if s['total'] == 1 else 'ies'}: "
             f"{counts or 'none run'} ({s['duration']:.1f} s)")
 

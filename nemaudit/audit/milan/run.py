@@ -87,6 +87,13 @@ class MilanAuditResult(MethodResult):
     def diff_order(self, row: dict) -> float:
         return row["f1"]
 
+    def counts(self, metric: str, keys: tuple[str, ...] = ()) -> tuple[int, int] | None:
+        if metric == "manipulated_rate":
+            return sum(bool(r["manipulated"]) for r in self.rows), len(self.rows)
+        if metric == "description_change_rate":
+            return sum(r["clean"] != r["corrupted"] for r in self.rows), len(self.rows)
+        return None
+
     def diff_line(self, r: dict) -> str:
         """``unit 12: “red cars” → “the sky” (F1 0.41; exemplars [3,17,…] → [3,40,…], 5/15
         kept)``, lowest F1 first."""

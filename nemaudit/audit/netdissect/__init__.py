@@ -14,6 +14,7 @@ from nemaudit.audit.fields import Field, check_float
 from nemaudit.audit.methods import Method, MetricShape
 
 _N = MetricShape()
+_R = MetricShape(rate=True)
 _SIDES = ("clean", "corrupted")
 #: audit meta shown among a property's facts in the HTML report
 _FACTS = ("mode", "images", "poisoned_images", "attacked_units", "poisoned_share_per_unit_mean",
@@ -29,14 +30,14 @@ class NetDissect(Method):
     headline = "flip_rate"
     headline_label = "flip"
     metrics = {
-        "units": _N, "flip_rate": _N, "detectors": _N, "flip_rate_detectors": _N,
-        "changed": _N, "targeted_success_rate": _N, "mean_source_iou_drop": _N,
+        "units": _N, "flip_rate": _R, "detectors": _N, "flip_rate_detectors": _R,
+        "changed": _N, "targeted_success_rate": _R, "mean_source_iou_drop": _N,
         "accuracy_clean": _N, "accuracy_corrupted": _N,
-        "detector_share_clean": MetricShape("number, or [category]", (0, 1)),
-        "detector_share_corrupted": MetricShape("number, or [category]", (0, 1)),
-        "per_category_flip_rate": MetricShape("[category]", (1,)),
-        "detector_share": MetricShape("[clean|corrupted][category|all]", (2,)),
-        "xie_table": MetricShape("[clean|corrupted][C|T|S|M|P|O|All]", (2,)),
+        "detector_share_clean": MetricShape("number, or [category]", (0, 1), rate=True),
+        "detector_share_corrupted": MetricShape("number, or [category]", (0, 1), rate=True),
+        "per_category_flip_rate": MetricShape("[category]", (1,), rate=True),
+        "detector_share": MetricShape("[clean|corrupted][category|all]", (2,), rate=True),
+        "xie_table": MetricShape("[clean|corrupted][C|T|S|M|P|O|All]", (2,), rate=True),
     }
     fields = {
         "eta": Field(check_float(0.0, 1.0, lo_open=True, hi_open=True), "top-η quantile"),

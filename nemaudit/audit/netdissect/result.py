@@ -6,7 +6,9 @@ predictions), so each number a report prints can be traced to this module.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -33,6 +35,36 @@ class AuditResult(MethodResult):
 
     def diff_order(self, row: dict) -> float:
         return -row["clean_iou"]
+
+    def counts(self, metric: str, keys: tuple[str, ...] = ()) -> tuple[int, int] | None:
+        """(k, n) of each rate, from the rows, as :func:`metrics_from_rows` divides them."""
+        rows = self.rows
+
+        def share(hit: Callable[[dict], Any], among: Callable[[dict], Any] = bool
+                  ) -> tuple[int, int]:
+            pool = [r for r in rows if among(r)]
+            return sum(bool(hit(r)) for r in pool), len(pool)
+
+        changed = lambda r: r["changed"]  # noqa: E731
+        if metric == "flip_rate":
+            return share(changed)
+        if metric == "flip_rate_detectors":
+            return share(changed, lambda r: r["clean_detector"])
+        if metric == "targeted_success_rate":
+            return share(lambda r: r["target_hit"], lambda r: r["target"])
+        if metric == "per_category_flip_rate" and len(keys) == 1:
+            return share(changed, lambda r: r["clean_category"] == keys[0])
+        side, cat = None, "all"
+        if metric in ("detector_share_clean", "detector_share_corrupted"):
+            side, cat = metric.rsplit("_", 1)[1], (keys[0] if keys else "all")
+        elif metric in ("detector_share", "xie_table") and len(keys) == 2:
+            side, cat = keys
+            if metric == "xie_table":
+                cat = "all" if cat == "All" else XIE.get(cat, cat)
+        if side not in ("clean", "corrupted"):
+            return None
+        return (sum(bool(r[f"{side}_detector"] and (cat == "all" or r[f"{side}_category"] == cat))
+                    for r in rows), len(rows))
 
     def diff_line(self, r: dict) -> str:
         """``unit 12: car (0.081) → wheel (0.052)``."""
