@@ -337,3 +337,37 @@ def test_baseline_near_tie_swap_is_not_a_change():
     assert diff_units(old, swapped, tolerance=0.01) == []
     far = [{"unit": 0, "label": "wheel", "iou": 0.0301, "runners_up": [["car", 0.0100]]}]
     assert [c["label_changed"] for c in diff_units(old, far, tolerance=0.01)] == [True]
+
+
+def test_a_property_can_unset_a_default_and_paths_are_relative_to_the_spec_file(tmp_path,
+                                                                              monkeypatch):
+    from nemaudit.harness.properties import parse_document
+
+    spec_dir = tmp_path / "specs" / "deep"
+    spec_dir.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    doc = parse_document({
+        "defaults": {"model": "nets.py:Net", "weights": "w.pt", "probe": "broden:data,max=5",
+                     "layers": ["layer4"], "corruption": "gaussian:std=0.1"},
+        "property": [
+            {"name": "a", "expect": "flip_rate <= 1"},
+            {"name": "b", "expect": "flip_rate <= 1", "model": "torchvision:resnet18",
+             "weights": "", "probe": "python:gen.py:make(n=3)"},
+            {"name": "c", "expect": "milan.changed <= 1", "describer": "milan:m/milan.pt",
+             "weights": "/abs/w.pt", "probe": "synthetic:n=4"},
+        ]}, spec_dir / "nemaudit_x.toml")
+    a, b, c = doc.properties
+    here = Path("specs") / "deep"
+    assert a.settings["model"] == f"{here / 'nets.py'}:Net"
+    assert a.settings["weights"] == str(here / "w.pt")
+    assert a.settings["probe"] == f"broden:{here / 'data'},max=5"
+    assert "weights" not in b.settings and b.request("netdissect", "layer4").weights is None
+    assert b.settings["model"] == "torchvision:resnet18"
+    assert b.settings["probe"] == f"python:{here / 'gen.py'}:make(n=3)"
+    assert c.settings["describer"] == f"milan:{here / 'm' / 'milan.pt'}"
+    assert c.settings["weights"] == "/abs/w.pt" and c.settings["probe"] == "synthetic:n=4"
+    (bad,) = parse_document({"property": [{"name": "d", "model": "", "probe": "p",
+                                           "layers": ["l"], "expect": "flip_rate <= 1",
+                                           "corruption": "gaussian:std=0.1"}]},
+                            spec_dir / "nemaudit_y.toml").properties
+    assert isinstance(bad, PropertyError) and "field 'model'" in str(bad)  # required: no unset

@@ -188,6 +188,49 @@ class Property:
         return AuditRequest.build(method, layer=layer, **values)
 
 
+#: fields a property may clear with ``= ""`` when [defaults] set them (a ``weights`` in the
+#: defaults must not leak into a property that audits another model)
+UNSETTABLE = ("weights", "normalize", "describer", "units", "max_units", "eta",
+              "iou_threshold", "exemplars", "f1_threshold")
+_UNSET = object()
+
+
+def _relative_to(file: Path, key: str, value: Any) -> Any:
+    """Relative paths in a spec file (weights, and the paths inside model, probe and
+    describer specs) are relative to the spec file's folder, not to where pytest runs."""
+    if not isinstance(value, str):
+        return value
+    base = Path(file).resolve().parent
+
+    def rebase(path: str) -> str:  # kept relative to the working folder when under it
+        p = Path(path).expanduser()
+        if p.is_absolute():
+            return path
+        full = base / p
+        try:
+            return str(full.relative_to(Path.cwd().resolve()))
+        except ValueError:
+            return str(full)
+
+    text = value.strip()
+    if key == "weights":
+        return text if text.lower() == "random" else rebase(text)
+    if key in ("model", "probe", "describer") and ".py:" in text:  # [python:]path.py:callable
+        head, _, _ = text.partition(".py:")
+        prefix = "python:" if head.startswith("python:") else ""
+        path = head[len(prefix):] + ".py"
+        if "/" in path or "\\" in path or Path(path).suffix == ".py":
+            return prefix + rebase(path) + text[len(head) + 3:]
+    if key == "probe":
+        kind, sep, rest = text.partition(":")
+        if sep and kind.strip().lower() in ("broden", "folder") and rest:
+            path, comma, opts = rest.partition(",")
+            return f"{kind}:{rebase(path.strip())}{comma}{opts}"
+    if key == "describer" and text.lower().startswith("milan:"):
+        return "milan:" + rebase(text[len("milan:"):].strip())
+    return value
+
+
 def _validate_table(table: Any, allowed: list[str], file: Path, prop: str | None,
                     what: str) -> dict[str, Any]:
     if not isinstance(table, Mapping):
@@ -203,6 +246,9 @@ def _validate_table(table: Any, allowed: list[str], file: Path, prop: str | None
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise PropertyError(f"unknown field{hint}; allowed fields in {what}: "
                                 f"{', '.join(allowed)}", file=file, prop=prop, field=key)
+        if value == "" and key in UNSETTABLE:
+            out[key] = _UNSET  # clears what [defaults] set
+            continue
         try:
             out[key] = known[key].check(value)
         except TypeError as e:
@@ -264,7 +310,8 @@ def build_property(table: Any, defaults: Mapping[str, Any], index: int, file: Pa
     if len(set(merged["layers"])) != len(merged["layers"]):
         raise PropertyError(f"lists a layer twice: {merged['layers']}", file=file, prop=label,
                             field="layers")
-    settings = {k: v for k, v in merged.items() if k not in _OWN}
+    settings = {k: _relative_to(file, k, v) for k, v in merged.items()
+                if k not in _OWN and v is not _UNSET}
     if baseline:
         settings.pop("corruption", None)
     return Property(name=name, index=index, file=file, layers=merged["layers"], expect=expects,
