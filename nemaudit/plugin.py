@@ -145,6 +145,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         info = state.records.session_info(session.config, o, state.device_name,
                                           int(exitstatus))
         state.records.write_reports(info, {"json": o.json, "html": o.html}, o.cache_dir)
+        state.records.compare_and_save(info, o, session.config.rootpath)
+        if _full_selection(session.config):  # a partial run leaves baselines unused
+            state.records.unused = state.records.unused_baselines(session.config.rootpath)
+        if state.records.regressions and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED  # robustness regressed
+
+
+def _full_selection(config: pytest.Config) -> bool:
+    opt = config.option
+    partial = (getattr(opt, "keyword", "") or getattr(opt, "markexpr", "")
+               or getattr(opt, "deselect", None) or getattr(opt, "lf", False)
+               or any("::" in str(a) for a in config.args))
+    return not partial
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config

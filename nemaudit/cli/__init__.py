@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nemaudit.cli import audit, describe, dissect, train
+from nemaudit.cli import audit, compare, describe, dissect, train
 from nemaudit.errors import NemauditError
 
 
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     dissect.add_parser(sub)
     audit.add_parser(sub)
     describe.add_parser(sub)
+    compare.add_parser(sub)
     train.add_parsers(sub)
     return parser
 

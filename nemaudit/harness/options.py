@@ -25,6 +25,12 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "cache-dir": ("string", "clean-baseline cache directory (default .nemaudit-cache, "
                             "relative to the rootdir; 'none' disables caching)"),
     "update": ("bool", "(re)write committed explanation baselines instead of comparing"),
+    "autosave": ("bool", "save this run's JSON report (machine, commit, versions) under "
+                         ".nemaudit-runs/ in the rootdir"),
+    "compare": ("string", "compare with a saved run: a JSON report, or 'last' (the newest "
+                          "autosaved run)"),
+    "compare-fail": ("string", "with --nemaudit-compare: fail the run when a metric regressed, "
+                               "e.g. flip_rate:+5% (comma-separated)"),
     "fail-on-warn": ("bool", "fail a property that holds at its point estimate but not at its "
                              "confidence bound (@ 95%); default: a warning"),
     "batch-size": ("string", "probe images per forward pass (default 64)"),
@@ -62,6 +68,9 @@ class Options:
     cache_dir: Path | None = None
     update: bool = False
     fail_on_warn: bool = False
+    autosave: bool = False
+    compare: Path | None = None
+    compare_fail: tuple[str, ...] = ()
     batch_size: int = 64
     max_units: int | None = None
 
@@ -135,4 +144,24 @@ def parse_options(config: pytest.Config) -> Options:
     opts.update = bool(update)
     fail_on_warn, _, _ = _raw(config, "fail-on-warn")
     opts.fail_on_warn = bool(fail_on_warn)
+    autosave, _, _ = _raw(config, "autosave")
+    opts.autosave = bool(autosave)
+    value, src, base = _raw(config, "compare")
+    if value is not None and str(value).strip():
+        from nemaudit.report.compare import RUNS_DIR
+
+        text = str(value).strip()
+        opts.compare = (Path(config.rootpath) / RUNS_DIR if text in ("last", "latest")
+                        else base / Path(text).expanduser())
+    value, src, _ = _raw(config, "compare-fail")
+    if value is not None and str(value).strip():
+        from nemaudit.report.compare import Gate
+
+        try:
+            opts.compare_fail = tuple(Gate.parse(g).text for g in str(value).split(",")
+                                      if g.strip())
+        except SpecError as e:
+            raise pytest.UsageError(f"{src}: {e}") from None
+        if opts.compare is None:
+            raise pytest.UsageError(f"{src} needs --nemaudit-compare (the run to compare with)")
     return opts

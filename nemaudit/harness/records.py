@@ -212,6 +212,10 @@ class Records:
         self.errors: list[str] = []
         self.order: dict[str, int] = {}
         self.started = time.time()
+        #: lines of the comparison with a saved run, and the regressions it found
+        self.compared: list[str] = []
+        self.regressions: list[str] = []
+        self.unused: list[Path] = []
 
     def collect(self, report: pytest.TestReport) -> None:
         rec = getattr(report, "nemaudit_record", None)
@@ -281,9 +285,60 @@ class Records:
         except Exception as e:  # noqa: BLE001 - nothing left to try
             return f"; keeping it elsewhere failed too ({e})"
 
+    def unused_baselines(self, rootdir: Path) -> list[Path]:
+        """Committed baseline files next to the collected test files that no item of this
+        run checked (as syrupy reports unused snapshots); call it only for a full run."""
+        from nemaudit.baseline import BASELINE_DIR, slug
+
+        used = {Path(r["baseline"]["path"]).resolve() for r in self.records.values()
+                if isinstance(r.get("baseline"), dict) and r["baseline"].get("path")}
+        anchors = {Path(rootdir) / n.split("::", 1)[0] for n in self.order}
+        out = []
+        for anchor in sorted(anchors):
+            folder = anchor.parent / BASELINE_DIR / slug(anchor.stem)
+            if folder.is_dir():
+                out += [p for p in sorted(folder.glob("*.json")) if p.resolve() not in used]
+        return out
+
+    def compare_and_save(self, info: dict, options: Any, rootdir: Path) -> None:
+        """``--nemaudit-compare`` (against the saved run, read before this one is saved),
+        its gates, then ``--nemaudit-autosave``."""
+        from nemaudit.report.compare import (
+            RUNS_DIR,
+            Gate,
+            autosave_name,
+            compare_records,
+            load_runs,
+            regressions,
+        )
+
+        records = self.ordered()
+        if options.compare is not None:
+            try:
+                diffs, gone, new = compare_records(load_runs(options.compare), records)
+            except NemauditError as e:
+                self.errors.append(str(e))
+            else:
+                changed = [d for d in diffs if d.changed]
+                self.compared.append(
+                    f"compared with {_rel(options.compare)}: {len(changed)} of {len(diffs)} "
+                    f"properties changed ({len(gone)} gone, {len(new)} new)")
+                for d in changed[:20]:
+                    units = f", {len(d.units)} unit(s) changed" if d.units else ""
+                    self.compared.append(f"  {d.name}: {d.outcome[0]} → {d.outcome[1]}, "
+                                         f"measured {d.measured[0]} → {d.measured[1]}{units}")
+                self.regressions = regressions(diffs, [Gate.parse(g)
+                                                       for g in options.compare_fail])
+        if options.autosave:
+            from nemaudit.report.json_report import environment
+
+            env = environment(rootdir)
+            path = Path(rootdir) / RUNS_DIR / autosave_name(env)
+            self.write_reports({**info, "environment": env}, {"json": path})
+
     def terminal_summary(self, tr: Any) -> None:
         records = self.ordered()
-        if not records and not self.written and not self.errors:
+        if not records and not self.written and not self.errors and not self.compared:
             return
         tr.write_sep("=", "nemaudit")
         text = _summary_text(records, tr)
@@ -297,6 +352,16 @@ class Records:
             tr.write_line(f"nemaudit: wrote {kind.upper()} report {_rel(path)}")
         for err in self.errors:
             tr.write_line(f"nemaudit: {err}", red=True)
+        for line in self.compared:
+            tr.write_line(f"nemaudit: {line}")
+        if self.unused:
+            shown = ", ".join(_rel(p) for p in self.unused[:5])
+            more = f" and {len(self.unused) - 5} more" if len(self.unused) > 5 else ""
+            tr.write_line(f"nemaudit: {len(self.unused)} committed baseline(s) no test used: "
+                          f"{shown}{more} (renamed or removed tests leave them behind)",
+                          yellow=True)
+        for line in self.regressions:
+            tr.write_line(f"nemaudit: regression: {line}", red=True)
 
 
 def _rel(path: Any) -> str:
