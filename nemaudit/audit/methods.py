@@ -26,6 +26,7 @@ from nemaudit.errors import SpecError
 METHODS: dict[str, str] = {
     "netdissect": "nemaudit.audit.netdissect:NetDissect",
     "milan": "nemaudit.audit.milan:Milan",
+    "radius": "nemaudit.audit.radius:Radius",
 }
 #: the method whose metrics are written without a prefix
 DEFAULT_METHOD = "netdissect"

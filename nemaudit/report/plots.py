@@ -49,6 +49,11 @@ def _b64(fig) -> str:
     return base64.b64encode(_png_bytes(fig)).decode("ascii")
 
 
+#: for methods' own report sections: a sized figure, and it as a base64 PNG
+figure = _figure
+figure_png = _b64
+
+
 def save_png(path: str | os.PathLike, png_b64: str) -> Path:
     """Write a base64 PNG (as returned by the ``*_png`` functions) to ``path``."""
     from nemaudit.files import atomic_write_bytes
