@@ -134,3 +134,17 @@ def test_width_argument_and_wide_terminals_get_columns():
 ])
 def test_result_text(record, text):
     assert result_text(record) == text
+
+
+def test_untargeted_attacks_say_their_target_is_the_runner_up():
+    from nemaudit.audit.netdissect.result import AuditResult
+    from nemaudit.report.json_report import target_wording
+
+    row = {"unit": 3, "clean_label": "car", "clean_iou": 0.1, "corrupted_label": "wheel",
+           "corrupted_iou": 0.08, "target": "wheel", "target_hit": True, "changed": True}
+    untargeted = AuditResult("l", {"kind": "pgd", "targeted": False}, [row], {})
+    targeted = AuditResult("l", {"kind": "pgd", "targeted": True}, [row], {})
+    assert untargeted.diff_line(row).endswith("[runner-up wheel reached]")
+    assert targeted.diff_line(row).endswith("[target wheel reached]")
+    assert target_wording({"targeted": False})[0] == "reached the runner-up"
+    assert target_wording({"targeted": True})[0] == "targeted success"

@@ -249,6 +249,11 @@ def property_fragment(record: Record, index: int = 1, interactive: bool = True,
         name=name, nodeid=record.get("nodeid") or "", expectation=record.get("expectation"),
         measured=m, bound=b, message=record.get("message"), facts=facts,
         interval=_interval_text(record.get("interval")),
+        expectations=[{"text": x.get("expectation"), "measured": fmt_num(x.get("measured")),
+                       "bound": fmt_num(x.get("bound")),
+                       "status": x.get("status") or ("passed" if x.get("ok") else "failed"),
+                       "interval": _interval_text(x.get("interval"))}
+                      for x in record.get("expectations") or []],
         # rendered by sweep.html.j2
         sweep=Markup(_sweep_html(record["sweep"], str(name)) if record.get("sweep") else ""),
         sections=[_section(method, payload, index, interactive, diff_limit)

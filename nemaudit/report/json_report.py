@@ -161,6 +161,16 @@ def parse_spec(spec: str) -> dict[str, Any]:
     return {"kind": tokens.kind, **{k: guess(v) for k, v in tokens.fields.items()}}
 
 
+def target_wording(corruption: Mapping[str, Any] | None) -> tuple[str, str]:
+    """How reports name the rate of units that reached their target: a targeted attack's
+    target is the user's concept; an untargeted one's is each unit's *runner-up*, chosen by
+    the audit (so "targeted success" would mislead)."""
+    if corruption and corruption.get("targeted") is False:
+        return ("reached the runner-up", "untargeted: each unit's target is its runner-up "
+                                         "concept, chosen from the clean run")
+    return "targeted success", "units whose new concept is the attack's target"
+
+
 def corruption_text(c: Mapping[str, Any] | None) -> str:
     """``Corruption.describe()`` as a short spec-like line: ``pgd eps=4/255 steps=10``."""
     if not c:

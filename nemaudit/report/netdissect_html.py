@@ -15,19 +15,20 @@ from typing import Any
 from markupsafe import Markup
 
 from nemaudit.report.html_parts import picture, render
-from nemaudit.report.json_report import fmt_num, fmt_pct
+from nemaudit.report.json_report import fmt_num, fmt_pct, target_wording
 from nemaudit.report.plots import XIE_COLUMNS, detector_share_png, xie_rows
 
 
-def _cards(m: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+def _cards(m: Mapping[str, Any], corruption: Mapping[str, Any] | None = None
+           ) -> list[tuple[str, str, str]]:
     """(label, value, sub) of the metric cards."""
     cards = [("flip rate (all units)", fmt_pct(m.get("flip_rate")),
               f"{m.get('changed', '?')} of {m.get('units', '?')} units changed concept"),
              ("flip rate (detectors)", fmt_pct(m.get("flip_rate_detectors")),
               f"over {m.get('detectors', '?')} clean detectors")]
     if "targeted_success_rate" in m:
-        cards.append(("targeted success", fmt_pct(m.get("targeted_success_rate")),
-                      "units whose new concept is the attack's target"))
+        label, sub = target_wording(corruption)
+        cards.append((label, fmt_pct(m.get("targeted_success_rate")), sub))
     cards.append(("mean source-IoU drop", fmt_num(m.get("mean_source_iou_drop"), 3),
                   "IoU of the clean concept, clean − corrupted"))
     if m.get("accuracy_clean") is not None or m.get("accuracy_corrupted") is not None:
@@ -164,7 +165,7 @@ def netdissect_section(payload: Mapping[str, Any], index: int, interactive: bool
     units = payload.get("units") or []
     diff = diff_table(units, f"diff-{index}", interactive, diff_limit) if units else ""
     # xie, diff and exemplars: Markup, rendered by their own (autoescaping) templates
-    return render("netdissect.html.j2", cards=_cards(mt), xie=Markup(xie_table(mt)),
+    return render("netdissect.html.j2", cards=_cards(mt, payload.get("corruption")), xie=Markup(xie_table(mt)),
                   png=picture(detector_share_png, mt, None),
                   alt="detector share per category" + (f", {where}" if where else ""),
                   units=len(units), changed=sum(1 for r in units if r.get("changed")),

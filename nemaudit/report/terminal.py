@@ -131,11 +131,23 @@ def _result_cell(record: Mapping[str, Any], digits: int) -> Text:
     return Text(result_text(record, digits), style="red" if bad else "")
 
 
+def _tally(r: Mapping[str, Any]) -> str | None:
+    """``2 of 3 expectations held`` for an item that checked several (the row shows one)."""
+    exps = r.get("expectations") or []
+    if len(exps) < 2:
+        return None
+    held = sum(1 for x in exps if x.get("ok") and x.get("status") != "warned")
+    warned = sum(1 for x in exps if x.get("status") == "warned")
+    return (f"{held} of {len(exps)} expectations held"
+            + (f", {warned} warned" if warned else ""))
+
+
 def _detail(r: Mapping[str, Any], metric: bool = True, reason: bool = True) -> str:
     from nemaudit.report.json_report import corruption_text
 
     parts = [_metric(r) if metric else None,
-             corruption_text(r.get("corruption")) if r.get("corruption") else None]
+             corruption_text(r.get("corruption")) if r.get("corruption") else None,
+             _tally(r)]
     if reason and r.get("outcome") in ("error", "skipped") and r.get("message"):
         parts.append(str(r["message"]).strip().splitlines()[0])  # why it did not run
     return " · ".join(x for x in parts if x)
@@ -243,8 +255,10 @@ def audit_table(result: Any, max_rows: int = 15) -> Table:
     metrics.add_row("flip rate (detectors)", fmt_pct(m.get("flip_rate_detectors")),
                     f"over {m.get('detectors', '?')} clean detectors")
     if "targeted_success_rate" in m:
-        metrics.add_row("targeted success", fmt_pct(m.get("targeted_success_rate")),
-                        "new concept = the attack's target")
+        from nemaudit.report.json_report import target_wording
+
+        label, sub = target_wording(doc.get("corruption"))
+        metrics.add_row(label, fmt_pct(m.get("targeted_success_rate")), sub)
     metrics.add_row("mean source-IoU drop", fmt_num(m.get("mean_source_iou_drop"), 3), "")
     if m.get("accuracy_clean") is not None:
         metrics.add_row("accuracy", f"{fmt_pct(m.get('accuracy_clean'))} → "

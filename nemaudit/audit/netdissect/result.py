@@ -68,7 +68,9 @@ class AuditResult(MethodResult):
 
     def diff_line(self, r: dict) -> str:
         """``unit 12: car (0.081) → wheel (0.052)``."""
-        tgt = f" [target {r['target']}{' hit' if r['target_hit'] else ''}]" if r.get("target") else ""
+        what = "runner-up" if self.corruption.get("targeted") is False else "target"
+        tgt = f" [{what} {r['target']}{' reached' if r['target_hit'] else ''}]" \
+            if r.get("target") else ""
         return (f"unit {r['unit']:>4}: {r['clean_label'] or '—'} ({r['clean_iou']:.3f}) → "
                 f"{r['corrupted_label'] or '—'} ({r['corrupted_iou']:.3f}){tgt}")
 
