@@ -26,6 +26,29 @@ RESULT_CACHE = 32
 _LOADING = (NemauditError, OSError, ValueError, KeyError, ImportError, TypeError)
 
 
+def _mean_metrics(all_metrics: list[dict]) -> dict:
+    """Element-wise means of the draws' metrics (a number, or a nested table of them); an
+    entry undefined in any draw stays undefined."""
+    first = all_metrics[0]
+    out: dict = {}
+    for key, value in first.items():
+        values = [m.get(key) for m in all_metrics]
+        if isinstance(value, dict):
+            tables = [v for v in values if isinstance(v, dict)]
+            out[key] = _mean_metrics(tables) if len(tables) == len(values) else value
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            nums = [float(v) for v in values if isinstance(v, (int, float))]
+            if len(nums) != len(values):
+                out[key] = None
+            elif all(v == value for v in values):
+                out[key] = value  # the same in every draw (units, detectors): kept as it is
+            else:
+                out[key] = sum(nums) / len(nums)
+        else:
+            out[key] = value
+    return out
+
+
 class RequestError(SpecError):
     """A request's setting cannot be resolved; ``field`` names it (``model``, ``probe``…)."""
 
@@ -199,13 +222,43 @@ class Auditor:
             self._results.move_to_end(key)
         else:
             torch.manual_seed(self.seed)
-            result = request.declaration.run(request, resolved)
+            result = self._run_draws(request, resolved)
             if key is not None:
                 self._results[key] = result
                 while len(self._results) > RESULT_CACHE:
                     self._results.popitem(last=False)
         result.meta["specs"] = self.provenance(request, resolved.layer)
         return result
+
+    def _run_draws(self, request: AuditRequest, resolved: Resolved) -> Any:
+        """One audit, or ``repeats`` of them with derived corruption seeds: the first draw's
+        result (its rows) with the draws' mean metrics and every draw kept for intervals."""
+        repeats = request.repeats or 1
+        if repeats == 1:
+            return request.declaration.run(request, resolved)
+        if not request.declaration.repeatable or not isinstance(resolved.corruption, str):
+            raise RequestError("repeats", f"repeats={repeats}: needs a corruption spec string "
+                                          f"and a method that draws it ({request.method} "
+                                          "does not)" if isinstance(resolved.corruption, str)
+                               else f"repeats={repeats} needs the corruption as a spec string")
+        from dataclasses import replace
+
+        from nemaudit.corrupt.base import derive_seed
+        from nemaudit.specs import format_spec, tokenize
+
+        tokens = tokenize(resolved.corruption, "corruption")
+        seed = int(tokens.fields.get("seed", self.seed))
+        seeds = [seed] + [derive_seed(seed, "repeat", r) % 2**31 for r in range(1, repeats)]
+        draws = [request.declaration.run(request, replace(
+            resolved, corruption=format_spec(tokens.kind, {**tokens.fields, "seed": s})))
+            for s in seeds]
+        first = draws[0]
+        per_draw = [{k: v for k, v in d.metrics.items() if isinstance(v, (int, float))}
+                    for d in draws]
+        first.metrics = _mean_metrics([d.metrics for d in draws])  # (its rows stay draw 0's)
+        first.draws = draws
+        first.meta["repeats"] = {"draws": repeats, "seeds": seeds, "per_draw": per_draw}
+        return first
 
     def provenance(self, request: AuditRequest, layer: str) -> dict:
         return {"model": label(request.model), "probe": label(request.probe), "layer": layer,

@@ -109,3 +109,41 @@ def test_spec_files_take_confidence_expectations():
                         "corruption": "gaussian:std=0.1", "expect": "flip_rate < 1 @ 2"}, {}, 0,
                        __import__("pathlib").Path("nemaudit_x.toml"))
     assert math.isclose(parse_expectation("flip_rate < 1 @ 99.5 %").confidence, 0.995)
+
+
+def test_repeated_interval_over_units_and_draws():
+    from nemaudit.audit.confidence import repeated_interval
+
+    all_hit = [[(True, True)] * 5 for _ in range(3)]
+    iv = repeated_interval(all_hit)
+    assert (iv.lo, iv.hi, iv.k, iv.n, iv.covers) == (1.0, 1.0, 15, 15, "units+draws")
+    # unit u flips in draw r when (u + r) % 3 == 0; unit 4 is not in the pool
+    draws = [[((u + r) % 3 == 0, u != 4) for u in range(5)] for r in range(6)]
+    iv = repeated_interval(draws, 0.9)
+    freq = [sum((u + r) % 3 == 0 for r in range(6)) / 6 for u in range(4)]
+    assert iv.lo <= sum(freq) / 4 <= iv.hi and iv.n == 24
+    assert repeated_interval(draws, 0.9) == iv  # seeded: the same bounds every time
+    assert repeated_interval(draws, 0.99).hi >= iv.hi
+
+
+def test_repeats_draw_the_corruption_with_derived_seeds():
+    from pathlib import Path
+
+    from nemaudit.audit.request import AuditRequest
+    from nemaudit.auditor import Auditor, RequestError
+
+    toys = str(Path(__file__).with_name("toys.py"))
+    a = Auditor("cpu", batch_size=32)
+    kw = {"model": f"{toys}:ToyNet", "probe": f"python:{toys}:ToyProbe(n=32)",
+          "layer": "layer2", "normalize": "none", "corruption": "gaussian:std=0.1"}
+    one = a.run(AuditRequest.build("netdissect", **kw))
+    rep = a.run(AuditRequest.build("netdissect", repeats=4, **kw))
+    per_draw = [d["flip_rate"] for d in rep.meta["repeats"]["per_draw"]]
+    assert per_draw[0] == one.metrics["flip_rate"] and len(set(rep.meta["repeats"]["seeds"])) == 4
+    assert rep.metrics["flip_rate"] == pytest.approx(sum(per_draw) / 4)
+    assert rep.metrics["units"] == one.metrics["units"] and rep.rows == one.rows
+    iv = rep.interval("flip_rate", level=0.95)
+    assert iv.covers == "units+draws" and iv.n == 4 * one.metrics["units"]
+    assert parse_expectation("flip_rate <= 1 @ 95%").judge(rep.metrics, rep).status == "passed"
+    with pytest.raises(RequestError, match="repeats=2"):
+        a.run(AuditRequest.build("radius", repeats=2, **kw))

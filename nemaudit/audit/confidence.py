@@ -3,9 +3,10 @@
 A rate measured on 32 units is a small sample: 1/32 and 2/32 differ by noise. Every rate
 metric (:attr:`nemaudit.audit.methods.MetricShape.rate`) carries an exact (Clopper–Pearson)
 binomial interval *over units*: it treats the audited units as a sample of the layer's units
-and says how far the share could be from the one measured. It does not cover the
-corruption's randomness (another noise draw) or the probe (other images); those need
-repeated draws and a bootstrap over images, which are not computed yet.
+and says how far the share could be from the one measured. A repeated audit (``repeats=R``:
+R draws of the corruption with derived seeds) also covers the corruption's randomness
+(:func:`repeated_interval`). Neither covers the probe (other images): that needs a bootstrap
+over images, not computed yet.
 
 scipy does the arithmetic (``scipy.stats.binomtest(...).proportion_ci(method="exact")``):
 the inverse of the regularised incomplete beta function is not something to write by hand.
@@ -42,3 +43,35 @@ def binomial_interval(k: int, n: int, level: float = 0.95) -> Interval:
 
     ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="exact")
     return Interval(float(ci.low), float(ci.high), float(level), int(k), int(n))
+
+
+#: bootstrap resamples of a repeated audit's interval (seeded: the same run, the same bounds)
+BOOTSTRAP = 4000
+
+
+def repeated_interval(per_draw: list[list[tuple[bool, bool]]], level: float = 0.95
+                      ) -> Interval | None:
+    """The interval of a rate over units *and* the corruption's randomness.
+
+    ``per_draw[r][u]`` is unit u's (hit, in the pool) in draw r (the pool — clean detectors,
+    a category's units — is the clean side's, the same in every draw). Each unit's hit
+    frequency over the R draws carries the draw-to-draw randomness; the rate is their mean,
+    and the interval is a percentile bootstrap of that mean over units (resampling units,
+    so both sources of variation are in it). numpy does the resampling, seeded."""
+    import numpy as np
+
+    if not 0 < level < 1:
+        raise ValueError(f"confidence level must lie in (0, 1), got {level}")
+    pool = [p for _, p in per_draw[0]]
+    hits = np.array([[h for (h, _), keep in zip(draw, pool) if keep] for draw in per_draw],
+                    dtype=float)  # [R, n]
+    if hits.size == 0:
+        return None
+    freq = hits.mean(axis=0)  # [n]
+    n = freq.shape[0]
+    rng = np.random.default_rng(0)
+    means = freq[rng.integers(0, n, size=(BOOTSTRAP, n))].mean(axis=1)
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(means, [alpha, 1 - alpha])
+    return Interval(float(lo), float(hi), float(level), int(hits.sum()), int(hits.size),
+                    covers="units+draws")

@@ -120,4 +120,7 @@ COMMON: dict[str, Field] = {
     "units": Field(check_units, "unit indices"),
     "max_units": Field(check_int(1, MAX_UNITS), "per-unit attacks: attack at most this many "
                                                 "units"),
+    "repeats": Field(check_int(1, 1000), "draws of the corruption's randomness (seeds derived "
+                                         "from its seed): metrics are their means, rate "
+                                         "intervals cover units and draws"),
 }

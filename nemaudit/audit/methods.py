@@ -58,6 +58,8 @@ class Method:
     metrics: ClassVar[dict[str, MetricShape]]
     #: settings only this method reads (spec-file fields, fixture keywords, CLI flags)
     fields: ClassVar[dict[str, Field]] = {}
+    #: whether ``repeats=R`` (several draws of the corruption) means something for it
+    repeatable: ClassVar[bool] = True
     #: the metric a report shows when a test recorded no expectation (a passing ``assert``)
     headline: ClassVar[str | None] = None
 

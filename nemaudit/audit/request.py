@@ -32,6 +32,7 @@ class AuditRequest:
     normalize: Any = None
     units: tuple[int, ...] | None = None
     max_units: int | None = None
+    repeats: int | None = None
     #: the method's own settings (:attr:`Method.fields`), as sorted (name, value) pairs
     settings: tuple[tuple[str, Any], ...] = ()
 

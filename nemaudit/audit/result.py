@@ -71,6 +71,8 @@ class MethodResult:
     corrupted: Any = field(default=None, repr=False)
     #: live objects for pictures (model, probe, corruption, config, device); not serialised
     context: dict | None = field(default=None, repr=False)
+    #: every draw of a repeated audit (``repeats=R``; this result is the first), else None
+    draws: list | None = field(default=None, repr=False)
 
     def __getattr__(self, name: str) -> Metric:
         metrics = self.__dict__.get("metrics", {})
@@ -100,17 +102,32 @@ class MethodResult:
             out.append(f"… {len(rows) - limit} more {self.changed_noun}")
         return out
 
-    def counts(self, metric: str, keys: tuple[str, ...] = ()) -> tuple[int, int] | None:
-        """(k, n) behind a rate metric (its bare name and keys): k of the n units it is a
-        share of; None for metrics that are no share of units."""
+    def indicators(self, metric: str, keys: tuple[str, ...] = ()
+                   ) -> list[tuple[bool, bool]] | None:
+        """Per row, (is it a hit, is it in the pool) of a rate metric (its bare name and
+        keys); None for metrics that are no share of units."""
         return None
 
-    def interval(self, metric: str, keys: tuple[str, ...] = (), level: float = 0.95) -> Any:
-        """The exact binomial interval over units of a rate metric
-        (:class:`~nemaudit.audit.confidence.Interval`), or None when it has none."""
-        from nemaudit.audit.confidence import binomial_interval
+    def counts(self, metric: str, keys: tuple[str, ...] = ()) -> tuple[int, int] | None:
+        """(k, n) behind a rate metric: k hits among the n units of its pool."""
+        flags = self.indicators(metric, tuple(keys))
+        if flags is None:
+            return None
+        return sum(h for h, p in flags if p), sum(p for _, p in flags)
 
-        c = self.counts(metric, tuple(keys))
+    def interval(self, metric: str, keys: tuple[str, ...] = (), level: float = 0.95) -> Any:
+        """The interval of a rate metric (:class:`~nemaudit.audit.confidence.Interval`), or
+        None when it has none: exact binomial over units for one draw; over units *and*
+        draws when the audit was repeated (:attr:`draws`)."""
+        from nemaudit.audit.confidence import binomial_interval, repeated_interval
+
+        keys = tuple(keys)
+        if self.draws:
+            per_draw = [d.indicators(metric, keys) for d in self.draws]
+            if any(f is None for f in per_draw):
+                return None
+            return repeated_interval(per_draw, level)  # type: ignore[arg-type]
+        c = self.counts(metric, keys)
         return None if c is None or c[1] == 0 else binomial_interval(c[0], c[1], level)
 
     def to_json(self) -> dict:

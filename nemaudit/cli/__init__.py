@@ -1,4 +1,4 @@
-"""The ``nemaudit`` command: dissect, audit, describe (MILAN) and train from the shell.
+"""The nemaudit command: dissect, audit, describe (MILAN), compare runs, and train.
 
 One module per command; each builds :class:`~nemaudit.audit.request.AuditRequest` s from its
 flags and runs them on the same :class:`~nemaudit.auditor.Auditor` the pytest fixture uses,

@@ -160,20 +160,23 @@ class Nemaudit:
     def audit(self, model: Any = None, probe: Any = None, layer: str | None = None,
               corruption: Any = None, *, weights: str | None = None, normalize: Any = None,
               units: Sequence[int] | None = None, eta: float | None = None,
-              iou_threshold: float | None = None, max_units: int | None = None) -> Any:
+              iou_threshold: float | None = None, max_units: int | None = None,
+              repeats: int | None = None) -> Any:
         """Dissect ``layer`` clean and under ``corruption`` (a spec string or Corruption);
         the result's metrics are :class:`~nemaudit.audit.result.Metric` floats, so a plain
-        ``assert result.flip_rate <= 0.05`` reports the per-unit diff when it fails."""
+        ``assert result.flip_rate <= 0.05`` reports the per-unit diff when it fails.
+        ``repeats``: draws of the corruption (mean metrics, intervals over units and draws)."""
         __tracebackhide__ = True
         return self.run("netdissect", model, probe, layer, corruption, weights=weights,
                         normalize=normalize, units=units, eta=eta,
-                        iou_threshold=iou_threshold, max_units=max_units)
+                        iou_threshold=iou_threshold, max_units=max_units, repeats=repeats)
 
     def describe(self, model: Any = None, probe: Any = None, layer: str | None = None,
                  corruption: Any = None, *, weights: str | None = None,
                  normalize: Any = None, units: Sequence[int] | None = None,
                  max_units: int | None = None, exemplars: int | None = None,
-                 f1_threshold: float | None = None, describer: Any = None) -> Any:
+                 f1_threshold: float | None = None, describer: Any = None,
+                 repeats: int | None = None) -> Any:
         """Describe ``layer``'s units with MILAN clean and under ``corruption``;
         ``assert result.manipulated_rate <= 0.1`` shows both descriptions of every
         manipulated unit when it fails. ``exemplars``: images per unit (MILAN: 15);
@@ -184,7 +187,8 @@ class Nemaudit:
         __tracebackhide__ = True
         return self.run("milan", model, probe, layer, corruption, weights=weights,
                         normalize=normalize, units=units, max_units=max_units,
-                        exemplars=exemplars, f1_threshold=f1_threshold, describer=describer)
+                        exemplars=exemplars, f1_threshold=f1_threshold, describer=describer,
+                        repeats=repeats)
 
     def expect(self, result: Any, expectation: str) -> Any:
         """Check ``"flip_rate <= 0.05"`` (the spec-file grammar) on ``result``; the

@@ -87,11 +87,12 @@ class MilanAuditResult(MethodResult):
     def diff_order(self, row: dict) -> float:
         return row["f1"]
 
-    def counts(self, metric: str, keys: tuple[str, ...] = ()) -> tuple[int, int] | None:
+    def indicators(self, metric: str, keys: tuple[str, ...] = ()
+                   ) -> list[tuple[bool, bool]] | None:
         if metric == "manipulated_rate":
-            return sum(bool(r["manipulated"]) for r in self.rows), len(self.rows)
+            return [(bool(r["manipulated"]), True) for r in self.rows]
         if metric == "description_change_rate":
-            return sum(r["clean"] != r["corrupted"] for r in self.rows), len(self.rows)
+            return [(r["clean"] != r["corrupted"], True) for r in self.rows]
         return None
 
     def diff_line(self, r: dict) -> str:

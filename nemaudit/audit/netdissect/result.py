@@ -36,14 +36,14 @@ class AuditResult(MethodResult):
     def diff_order(self, row: dict) -> float:
         return -row["clean_iou"]
 
-    def counts(self, metric: str, keys: tuple[str, ...] = ()) -> tuple[int, int] | None:
-        """(k, n) of each rate, from the rows, as :func:`metrics_from_rows` divides them."""
+    def indicators(self, metric: str, keys: tuple[str, ...] = ()
+                   ) -> list[tuple[bool, bool]] | None:
+        """Per row (hit, in the rate's pool), as :func:`metrics_from_rows` divides them."""
         rows = self.rows
 
-        def share(hit: Callable[[dict], Any], among: Callable[[dict], Any] = bool
-                  ) -> tuple[int, int]:
-            pool = [r for r in rows if among(r)]
-            return sum(bool(hit(r)) for r in pool), len(pool)
+        def share(hit: Callable[[dict], Any], among: Callable[[dict], Any] = lambda r: True
+                  ) -> list[tuple[bool, bool]]:
+            return [(bool(hit(r)), bool(among(r))) for r in rows]
 
         changed = lambda r: r["changed"]  # noqa: E731
         if metric == "flip_rate":
@@ -63,8 +63,8 @@ class AuditResult(MethodResult):
                 cat = "all" if cat == "All" else XIE.get(cat, cat)
         if side not in ("clean", "corrupted"):
             return None
-        return (sum(bool(r[f"{side}_detector"] and (cat == "all" or r[f"{side}_category"] == cat))
-                    for r in rows), len(rows))
+        return share(lambda r: r[f"{side}_detector"] and (cat == "all"
+                                                          or r[f"{side}_category"] == cat))
 
     def diff_line(self, r: dict) -> str:
         """``unit 12: car (0.081) → wheel (0.052)``."""

@@ -33,6 +33,7 @@ class Radius(Method):
     verb = "radius"
     record_key = "radius"
     headline = "median"
+    repeatable = False  # its budget search sets the corruption itself
     headline_label = "radius median"
     metrics = {"units": _N, "median": _N, "q10": _N, "q90": _N, "mean": _N, "min": _N,
                "max_budget": _N, "evaluations": _N,

@@ -42,9 +42,10 @@ class RadiusResult(MethodResult):
                 f"{r['budget']} {r['radius']:.4g} (bracket [{r['bracket'][0]:.4g}, "
                 f"{r['bracket'][1]:.4g}])")
 
-    def counts(self, metric: str, keys: tuple[str, ...] = ()) -> tuple[int, int] | None:
+    def indicators(self, metric: str, keys: tuple[str, ...] = ()
+                   ) -> list[tuple[bool, bool]] | None:
         if metric == "broken_rate":
-            return sum(bool(r["broken"]) for r in self.rows), len(self.rows)
+            return [(bool(r["broken"]), True) for r in self.rows]
         return None
 
 
