@@ -257,3 +257,20 @@ def test_degenerate_sweep_draws_bars():
     assert len(ax.lines) == 2 and [t.get_text() for t in ax.get_xticklabels()] == \
         ["2/255", "4/255"]
     assert re.search("L∞", ax.get_xlabel())
+
+
+def test_sweep_points_carry_exact_interval_error_bars():
+    from matplotlib.container import ErrorbarContainer
+
+    from nemaudit.audit.confidence import binomial_interval
+    from nemaudit.report.plots import sweep_figure
+
+    pts = [{"x": s, "flip_rate": k / 32, "flip_rate_detectors": None, "changed": k,
+            "units": 32, "layer": "layer4", "series": "gaussian"}
+           for s, k in ((0.01, 1), (0.02, 3), (0.05, 8))]
+    fig = sweep_figure({"x": "std", "points": pts})
+    (bars,) = [c for c in fig.axes[0].containers if isinstance(c, ErrorbarContainer)]
+    segments = bars.lines[2][0].get_segments()
+    for seg, (_, k) in zip(segments, ((0.01, 1), (0.02, 3), (0.05, 8))):
+        iv = binomial_interval(k, 32)
+        assert seg[0][1] == pytest.approx(iv.lo) and seg[1][1] == pytest.approx(iv.hi)

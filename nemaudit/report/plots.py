@@ -284,11 +284,24 @@ def _is_255(values: Sequence[float]) -> bool:
     return bool(values) and all(abs(v * 255 - round(v * 255)) < 1e-6 and v < 1 for v in values)
 
 
+def _interval(point: Mapping[str, Any]) -> tuple[float, float] | None:
+    """The 95% exact interval of a point's flip rate from its changed/units counts."""
+    k, n = point.get("changed"), point.get("units")
+    if not (isinstance(k, (int, float)) and isinstance(n, (int, float)) and n > 0
+            and _number(point.get("flip_rate"))):
+        return None
+    from nemaudit.audit.confidence import binomial_interval
+
+    iv = binomial_interval(int(k), int(n), 0.95)
+    return iv.lo, iv.hi
+
+
 def sweep_figure(sweep: Mapping[str, Any], title: str | None = None):
     """Flip rate against the swept quantity: one colour per series, solid over all units and
     dashed over clean detectors (all-unit flip rates are dominated by near-ties among
     non-detectors, so both are always shown). A sweep whose x takes one value has no line to
-    draw: it becomes grouped bars, one group per point (see :func:`sweep_is_degenerate`)."""
+    draw: it becomes grouped bars, one group per point (see :func:`sweep_is_degenerate`).
+    Error bars: the all-unit rate's 95% exact interval over units."""
     if sweep_is_degenerate(sweep):
         return _bars_figure(sweep, title)
     xkind = str(sweep.get("x", "x"))
@@ -318,6 +331,18 @@ def sweep_figure(sweep: Mapping[str, Any], title: str | None = None):
         c = colours[i % len(colours)]
         ax.plot(xs, [p.get("flip_rate") for p in pts], "-o", color=c, ms=4,
                 label=f"{name}: all units")
+        bx, by, lo, hi = [], [], [], []
+        for x, p in zip(xs, pts):
+            iv = _interval(p)
+            if iv is not None:
+                y = float(p["flip_rate"])
+                bx.append(x)
+                by.append(y)
+                lo.append(max(y - iv[0], 0.0))
+                hi.append(max(iv[1] - y, 0.0))
+        if bx:  # 95% exact intervals over units (the all-unit rate)
+            ax.errorbar(bx, by, yerr=[lo, hi], fmt="none", ecolor=c, alpha=0.45, capsize=2,
+                        lw=1)
         det = [p.get("flip_rate_detectors") for p in pts]
         if any(d is not None for d in det):
             ax.plot(xs, [float("nan") if d is None else d for d in det], "--s", color=c, ms=4,
