@@ -98,6 +98,11 @@ class Auditor:
         return self._device
 
     @property
+    def device_resolved(self) -> bool:
+        """Whether :attr:`device` was resolved already (torch set up)."""
+        return self._device is not None
+
+    @property
     def device_name(self) -> str:
         return str(self._device) if self._device is not None else str(self.device_spec)
 

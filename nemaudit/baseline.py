@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nemaudit.files import atomic_write_text
+from nemaudit.files import atomic_write_text, display_path
 
 SCHEMA = "nemaudit.baseline/1"
 BASELINE_DIR = "__nemaudit_baselines__"
@@ -84,7 +84,7 @@ class BaselineCheck:
         return out
 
     def message(self, limit: int = 15) -> str:
-        rel = _display(self.path)
+        rel = display_path(self.path)
         if self.status == "written":
             return f"baseline {self.name!r} [{self.layer}] written to {rel}"
         if self.status == "unchanged":
@@ -107,13 +107,6 @@ class BaselineCheck:
         return {"name": self.name, "layer": self.layer, "path": str(self.path),
                 "status": self.status, "tolerance": self.tolerance, "units": self.units,
                 "changes": self.changes[:200], "notes": self.notes}
-
-
-def _display(path: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
 
 
 def diff_units(old: list[dict], new: list[dict], tolerance: float) -> list[dict]:

@@ -24,6 +24,14 @@ def _umask() -> int:
     return mask
 
 
+def display_path(path: str | os.PathLike) -> str:
+    """``path`` relative to the working directory when it is below it (shorter messages)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
+
+
 def check_output(path: str | os.PathLike, what: str = "output") -> Path:
     """The path a result will be written to, checked *before* any work: a file path (not a
     directory, not ending in ``/``), not an existing non-regular file, under a folder that is

@@ -48,7 +48,7 @@ class NemauditState:
     @property
     def device(self) -> Any:
         """The resolved device (xdist workers first share the cores out)."""
-        if self._auditor is None or self._auditor._device is None:
+        if self._auditor is None or not self._auditor.device_resolved:
             workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
             if workers and int(workers) > 1 and "OMP_NUM_THREADS" not in os.environ:
                 import torch

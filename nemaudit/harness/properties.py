@@ -41,6 +41,7 @@ from nemaudit.expectations import (
     in_method,
     parse_expectation,
 )
+from nemaudit.files import display_path
 
 try:  # Python >= 3.11
     import tomllib
@@ -67,14 +68,6 @@ class PropertyError(SpecError):
 
 class PropertyFailed(AssertionError):
     """A property's expectation does not hold; the message carries the per-unit diff."""
-
-
-def display_path(path: Path | str) -> str:
-    """``path`` relative to the working directory when it is below it (shorter messages)."""
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
-    except (ValueError, OSError):
-        return str(path)
 
 
 def _check_expect(v: Any) -> list[str]:

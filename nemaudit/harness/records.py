@@ -24,6 +24,7 @@ import nemaudit
 from nemaudit.audit.methods import DEFAULT_METHOD, all_methods, get_method, record_payloads
 from nemaudit.baseline import BaselineCheck
 from nemaudit.errors import NemauditError
+from nemaudit.files import display_path
 from nemaudit.harness.messages import corruption_spec
 from nemaudit.harness.properties import PropertyItem
 
@@ -321,7 +322,7 @@ class Records:
             else:
                 changed = [d for d in diffs if d.changed]
                 self.compared.append(
-                    f"compared with {_rel(options.compare)}: {len(changed)} of {len(diffs)} "
+                    f"compared with {display_path(options.compare)}: {len(changed)} of {len(diffs)} "
                     f"properties changed ({len(gone)} gone, {len(new)} new)")
                 for d in changed[:20]:
                     units = f", {len(d.units)} unit(s) changed" if d.units else ""
@@ -347,28 +348,21 @@ class Records:
         for r in records:
             b = r.get("baseline")
             if b and b.get("status") == "written":
-                tr.write_line(f"nemaudit: wrote baseline {_rel(b['path'])}")
+                tr.write_line(f"nemaudit: wrote baseline {display_path(b['path'])}")
         for kind, path in self.written:
-            tr.write_line(f"nemaudit: wrote {kind.upper()} report {_rel(path)}")
+            tr.write_line(f"nemaudit: wrote {kind.upper()} report {display_path(path)}")
         for err in self.errors:
             tr.write_line(f"nemaudit: {err}", red=True)
         for line in self.compared:
             tr.write_line(f"nemaudit: {line}")
         if self.unused:
-            shown = ", ".join(_rel(p) for p in self.unused[:5])
+            shown = ", ".join(display_path(p) for p in self.unused[:5])
             more = f" and {len(self.unused) - 5} more" if len(self.unused) > 5 else ""
             tr.write_line(f"nemaudit: {len(self.unused)} committed baseline(s) no test used: "
                           f"{shown}{more} (renamed or removed tests leave them behind)",
                           yellow=True)
         for line in self.regressions:
             tr.write_line(f"nemaudit: regression: {line}", red=True)
-
-
-def _rel(path: Any) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
 
 
 def _writer(kind: str) -> Any:
