@@ -219,7 +219,8 @@ class Auditor:
         Auditor. The result's ``meta["specs"]`` says which model and probe it audited."""
         import torch
 
-        resolved = self.resolve(request)
+        needs = request.declaration.needs_corruption or request.corruption is not None
+        resolved = self.resolve(request, corruption=needs)
         request.declaration.preload(request, self._resolve)
         key = request.but(corruption=resolved.corruption, layer=resolved.layer).cache_key()
         result = self._results.get(key) if key is not None else None

@@ -11,6 +11,9 @@ class _NullTask:
     def advance(self, n: float = 1) -> None:
         pass
 
+    def describe(self, text: str) -> None:
+        pass
+
 
 class _RichTask:
     def __init__(self, progress, task_id) -> None:
@@ -18,6 +21,10 @@ class _RichTask:
 
     def advance(self, n: float = 1) -> None:
         self._p.advance(self._id, n)
+
+    def describe(self, text: str) -> None:
+        """Replace the bar's description (running losses, accuracy)."""
+        self._p.update(self._id, description=text)
 
 
 @contextlib.contextmanager

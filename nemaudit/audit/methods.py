@@ -27,6 +27,8 @@ METHODS: dict[str, str] = {
     "netdissect": "nemaudit.audit.netdissect:NetDissect",
     "milan": "nemaudit.audit.milan:Milan",
     "radius": "nemaudit.audit.radius:Radius",
+    "saliency": "nemaudit.audit.saliency:Saliency",
+    "fooling": "nemaudit.audit.saliency:Fooling",
 }
 #: the method whose metrics are written without a prefix
 DEFAULT_METHOD = "netdissect"
@@ -60,6 +62,8 @@ class Method:
     fields: ClassVar[dict[str, Field]] = {}
     #: whether ``repeats=R`` (several draws of the corruption) means something for it
     repeatable: ClassVar[bool] = True
+    #: whether it compares clean vs corrupted *probes* (False: the model is what changes)
+    needs_corruption: ClassVar[bool] = True
     #: the metric a report shows when a test recorded no expectation (a passing ``assert``)
     headline: ClassVar[str | None] = None
 

@@ -1,4 +1,5 @@
-"""The nemaudit command: dissect, audit, describe (MILAN), compare runs, and train.
+"""The nemaudit command: dissect, audit, describe (MILAN), fool and saliency, compare runs,
+and train.
 
 One module per command; each builds :class:`~nemaudit.audit.request.AuditRequest` s from its
 flags and runs them on the same :class:`~nemaudit.auditor.Auditor` the pytest fixture uses,
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nemaudit.cli import audit, compare, describe, dissect, train
+from nemaudit.cli import audit, compare, describe, dissect, fool, train
 from nemaudit.errors import NemauditError
 
 
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_parser(sub)
     describe.add_parser(sub)
     compare.add_parser(sub)
+    fool.add_parsers(sub)
     train.add_parsers(sub)
     return parser
 

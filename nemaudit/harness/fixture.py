@@ -150,7 +150,7 @@ class Nemaudit:
             request = request_of(self._state, method, {
                 "model": model, "probe": probe, "layer": layer, "corruption": corruption,
                 **settings})
-            if request.corruption is None:
+            if request.corruption is None and get_method(method).needs_corruption:
                 verb = get_method(method).verb or f"run({method!r})"
                 raise SpecError(f"{verb}() needs corruption=..., e.g. 'gaussian:std=0.02'")
             return run_request(self._state, request)

@@ -113,12 +113,9 @@ def fields() -> dict[str, Field]:
     return out
 
 
-def _method_of_field(name: str) -> str | None:
-    """The method that owns a field (None: shared by all)."""
-    for m in all_methods():
-        if name in m.fields:
-            return m.name
-    return None
+def _methods_of_field(name: str) -> list[str]:
+    """The methods that own a field (empty: shared by all)."""
+    return [m.name for m in all_methods() if name in m.fields]
 
 
 _ALLOWED_TOP = ("defaults", "property")
@@ -280,9 +277,9 @@ def build_property(table: Any, defaults: Mapping[str, Any], index: int, file: Pa
                             field="method")
     used = {e.method for e in expects if not e.is_baseline}
     for f in own:  # a method's own field where no expectation uses that method
-        owner = _method_of_field(f)
-        if owner is not None and owner != DEFAULT_METHOD and owner not in used:
-            m = get_method(owner)
+        owners = _methods_of_field(f)
+        if owners and DEFAULT_METHOD not in owners and not used.intersection(owners):
+            m = get_method(owners[0])
             raise PropertyError(f"only applies to {m.title} expectations ({m.prefix}<metric>, "
                                 f'or method = "{m.name}")', file=file, prop=label, field=f)
     if baseline and len(expects) > 1:
@@ -292,7 +289,8 @@ def build_property(table: Any, defaults: Mapping[str, Any], index: int, file: Pa
     if baseline and "corruption" in own:
         raise PropertyError(f"a {BASELINE!r} property compares clean explanations; it takes "
                             "no corruption", file=file, prop=label, field="corruption")
-    if not baseline and "corruption" not in merged:
+    needs = any(get_method(e.method).needs_corruption for e in expects if not e.is_baseline)
+    if not baseline and needs and "corruption" not in merged:
         raise PropertyError("is required for a robustness property (e.g. "
                             "corruption = \"gaussian:std=0.02\"); only "
                             f"expect = \"{BASELINE}\" runs without one", file=file,

@@ -506,8 +506,10 @@ def load_model(spec: str, weights: str | Path | None = None, normalize: Any = No
                 raise ModelSpecError(
                     f"bundled model {name!r} has no trained weights at {weights_path}; "
                     "train them with `nemaudit train` (python -m nemaudit.training.conceptnet)")
-        meta = (read_meta(weights_path.with_suffix(".json")) if weights_path is not None
-                else None) or bspec.meta()
+        # a training run's metadata beside the weights sizes the architecture; any other
+        # sidecar (a fooled model's settings) does not, and the bundled one does
+        side = read_meta(weights_path.with_suffix(".json")) if weights_path is not None else {}
+        meta = side if "arch" in side else bspec.meta()
         model = bspec.build(meta)
         default_layer = meta.get("default_layer", bspec.default_layer)
         norm_default = meta.get("normalize", bspec.normalize)
