@@ -530,8 +530,9 @@ def test_junit_xml_carries_measured_value_and_bound(project):
     cases = {c.get("name"): c for c in ET.parse(project.path / "j.xml").iter("testcase")}
     props = {p.get("name"): p.get("value")
              for p in cases["big noise[layer2]"].iter("property")}
-    assert props["nemaudit_expectation"].startswith("flip_rate")
-    assert float(props["nemaudit_bound"]) >= 0 and float(props["nemaudit_measured"]) >= 0
+    assert props["nemaudit_expectation"] == "flip_rate <= 0.05"
+    # the property fails: its measured flip rate is beyond the bound it carries
+    assert float(props["nemaudit_bound"]) == 0.05 and float(props["nemaudit_measured"]) > 0.05
 
 
 WARN_TESTS = """
