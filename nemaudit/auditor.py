@@ -165,6 +165,10 @@ class Auditor:
     def _resolve(self, kind: str, spec: Any, **settings: Any) -> Any:
         if kind == "describer":
             return self.describer(spec, **settings)
+        if kind == "model":  # a second model (a saliency audit's reference)
+            return self.model(spec, settings.get("weights"), settings.get("normalize"))
+        if kind == "probe":  # a second probe (a fooling's training images)
+            return self.probe(spec)
         raise SpecError(f"nothing resolves {kind!r} specs")
 
     def seeded(self, corruption: Any) -> Any:

@@ -189,8 +189,6 @@ def _held_out(resolved: Resolved, model: torch.nn.Module, n: int | None,
 
 def run_saliency(request: AuditRequest, resolved: Resolved) -> SaliencyResult:
     """Candidate (the request's model) vs reference (``reference=``) on the probe's images."""
-    from nemaudit.model import load_model
-
     t0 = time.perf_counter()
     if resolved.corruption is not None:
         raise SpecError("a saliency audit compares two models on clean images and takes no "
@@ -199,8 +197,8 @@ def run_saliency(request: AuditRequest, resolved: Resolved) -> SaliencyResult:
     if not ref_spec:
         raise SpecError("a saliency audit needs reference=<the trusted model's spec>")
     try:
-        reference = load_model(ref_spec, weights=request.get("reference_weights"),
-                               device=resolved.device)
+        reference = resolved.resolve("model", ref_spec,
+                                     weights=request.get("reference_weights"))
     except Exception as e:
         raise SpecError(f"reference {ref_spec!r}: {e}") from None
     candidate = resolved.model
@@ -271,7 +269,10 @@ def run_fooling(request: AuditRequest, resolved: Resolved) -> FoolingResult:
     n_held = request.get("images", DEFAULT_IMAGES)
     train_spec = request.get("train_probe")
     if train_spec:
-        train_probe = _probe(train_spec)
+        try:
+            train_probe = resolved.resolve("probe", train_spec)
+        except Exception as e:
+            raise SpecError(f"train_probe {train_spec!r}: {e}") from None
         train = labelled_images(train_probe, original, batch_size=resolved.batch_size)
         held = _held_out(resolved, original, n_held)
     else:
@@ -338,15 +339,6 @@ def run_fooling(request: AuditRequest, resolved: Resolved) -> FoolingResult:
     corruption = {"kind": "fooling", "fooling": config.fooling,
                   "interpreter": config.interpreter, "lr": config.lr, "lam": config.lam}
     return FoolingResult(layer, corruption, rows, metrics, meta, context=ctx)
-
-
-def _probe(spec: str) -> Any:
-    from nemaudit.probe import load_probe
-
-    try:
-        return load_probe(spec)
-    except Exception as e:
-        raise SpecError(f"train_probe {spec!r}: {e}") from None
 
 
 def _dissect_both(request: AuditRequest, resolved: Resolved, fooled: torch.nn.Module,
