@@ -239,11 +239,14 @@ def test_html_has_diff_rows_metrics_plots_and_exemplars(records):
     assert len(imgs) >= 4
     for b64 in imgs:
         _png(b64)
-    # exemplar thumbnails come from the payload, clean beside corrupted
+    # exemplar thumbnails come from the payload, clean beside corrupted (as shown: at most
+    # 112 px, WebP when smaller than the payload's PNG)
+    from nemaudit.report.html_parts import photo
+
     shown = [ex for ex in payload["exemplars"] if ex["images"]]
     if shown:
-        assert shown[0]["images"][0]["clean"] in text
-        assert shown[0]["images"][0]["corrupted"] in text
+        assert photo(shown[0]["images"][0]["clean"]) in text
+        assert photo(shown[0]["images"][0]["corrupted"]) in text
 
 
 def test_pytest_html_extras(monkeypatch, records):

@@ -17,6 +17,10 @@ def add_parser(sub: Any) -> None:
                         "property present in both runs (repeatable)")
     p.add_argument("--units", type=int, default=10, help="changed units shown per property")
     p.add_argument("--out", default=None, help="write the comparison as JSON here")
+    p.add_argument("--html", default=None, metavar="OUT.html",
+                   help="write the two runs side by side as one self-contained HTML page "
+                        "(verdicts, measured values with intervals, units that regressed "
+                        "first)")
     p.set_defaults(func=run)
 
 
@@ -26,12 +30,17 @@ def run(args: argparse.Namespace) -> int:
     from rich.text import Text
 
     from nemaudit.cli import common
-    from nemaudit.report.compare import Gate, compare_records, diff_json, load_runs, regressions
+    from nemaudit.report.compare import Gate, compare_records, diff_json, load_run, regressions
     from nemaudit.report.json_report import fmt_num
 
     gates = [Gate.parse(g) for g in args.fail]
     common.check_out(args)
-    diffs, gone, new = compare_records(load_runs(args.a), load_runs(args.b))
+    if args.html:
+        from nemaudit.files import check_output
+
+        check_output(args.html, "--html")
+    run_a, run_b = load_run(args.a), load_run(args.b)
+    diffs, gone, new = compare_records(run_a["records"], run_b["records"])
     console = Console()
     table = Table(title=Text(f"{args.a} → {args.b}"), title_justify="left")
     for col in ("property", "outcome", "measured", "metric changes", "units changed"):
@@ -61,8 +70,14 @@ def run(args: argparse.Namespace) -> int:
     broken = regressions(diffs, gates)
     for line in broken:
         console.print(Text(f"regression: {line}", style="red"))
+    rc = 1 if broken else 0
+    if args.html:
+        from nemaudit.report.compare_html import write_compare_html
+
+        write_compare_html(args.html, run_a, run_b, gates, args.units)
+        console.print(Text(f"wrote {args.html}"))
     if args.out:
         common.write_json(args, {"schema": "nemaudit.compare/1", "a": args.a, "b": args.b,
                                  "properties": diff_json(diffs), "only_in_a": gone,
                                  "only_in_b": new, "regressions": broken}, console)
-    return 1 if broken else 0
+    return rc

@@ -83,6 +83,7 @@ def build_sweep(results: list[Any]) -> dict:
                "flip_rate_detectors": r.metrics.get("flip_rate_detectors"),
                "changed": r.metrics.get("changed"), "units": r.metrics.get("units"),
                "layer": r.layer, "series": r.corruption.get("kind"),
+               "layer_depth": (r.meta.get("specs") or {}).get("layer_depth"),
                "corruption": corruption_spec(r)} for r in results]
     return refine_sweep({"x": None, "points": points})
 
@@ -177,11 +178,15 @@ def _fill_from_run(rec: dict, run: ItemRun, pictures: bool) -> None:
         result, specs = main
         rec.update(layer=result.layer, model=specs.get("model"), probe=specs.get("probe"),
                    corruption=dict(result.corruption))
+        if specs.get("layer_depth") is not None:  # orders layers by depth in the reports
+            rec["layer_depth"] = specs["layer_depth"]
     default = [r for r, _ in run.audits if r.method == DEFAULT_METHOD]
     if len(default) > 1:
         rec["sweep"] = build_sweep(default[-200:])
     if run.checks:
         check, specs = run.checks[-1]
+        if check.layer != rec.get("layer"):
+            rec.pop("layer_depth", None)  # it was the audit's layer
         rec.update(layer=check.layer, model=specs.get("model"), probe=specs.get("probe"))
         rec["baseline"] = check.to_json()
         if rec["expectation"] is None:

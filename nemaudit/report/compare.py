@@ -138,10 +138,8 @@ def regressions(diffs: Sequence[RecordDiff], gates: Sequence[Gate]) -> list[str]
     return out
 
 
-def load_runs(path: str | Path) -> list[dict]:
-    """The records of a saved run: a report file, or the newest in a runs folder."""
-    from nemaudit.report.json_report import load_json
-
+def run_path(path: str | Path) -> Path:
+    """The report file a run argument names: the file, or the newest in a runs folder."""
     p = Path(path)
     if p.is_dir():
         files = sorted(p.glob("*.json"))
@@ -150,10 +148,28 @@ def load_runs(path: str | Path) -> list[dict]:
         p = files[-1]
     if not p.is_file():
         raise SpecError(f"compare: no report at {p}")
+    return p
+
+
+def load_run(path: str | Path) -> dict:
+    """A saved run's whole document (records, environment, session): a report file, or the
+    newest in a runs folder; ``"path"`` is added, the file actually read."""
+    from nemaudit.report.json_report import load_json
+
+    p = run_path(path)
     try:
-        return list(load_json(p)["records"])
-    except (ValueError, KeyError, OSError) as e:
+        doc = load_json(p)
+        records = list(doc["records"])
+    except (ValueError, KeyError, OSError, TypeError) as e:
         raise SpecError(f"compare: cannot read {p}: {e}") from None
+    if not all(isinstance(r, Mapping) and "nodeid" in r for r in records):
+        raise SpecError(f"compare: {p}: every record needs a nodeid")
+    return {**doc, "records": records, "path": str(p)}
+
+
+def load_runs(path: str | Path) -> list[dict]:
+    """The records of a saved run: a report file, or the newest in a runs folder."""
+    return list(load_run(path)["records"])
 
 
 def autosave_name(environment: Mapping[str, Any]) -> str:

@@ -287,15 +287,17 @@ def render_html(records: Iterable[Record], session: Mapping[str, Any] | None = N
     return page + "\n"
 
 
-def csp(style: str, script: str) -> str:
+def csp(style: str, script: str | None) -> str:
     """The page's Content-Security-Policy: nothing but its own inline style and script (by
     hash: a script that a label name smuggled in would not match) and embedded images;
-    no network at all. Style *attributes* stay allowed: they cannot run code."""
+    no network at all. Style *attributes* stay allowed: they cannot run code. ``script``
+    None: a page without script (``nemaudit compare --html``) allows none."""
     def sha(text: str) -> str:
         return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
 
+    scripts = "'none'" if script is None else sha(script)
     return (f"default-src 'none'; img-src data:; style-src {sha(style)}; "
-            f"style-src-attr 'unsafe-inline'; script-src {sha(script)}; base-uri 'none'; "
+            f"style-src-attr 'unsafe-inline'; script-src {scripts}; base-uri 'none'; "
             "form-action 'none'")
 
 

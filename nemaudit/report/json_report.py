@@ -10,8 +10,8 @@ Schema history:
 - ``nemaudit.report/2``: exemplar pictures are left out by default. Records carry them as
   base64 PNGs so they cross pytest-xdist to the controller for the HTML report, but they made
   the JSON ~6 MB. Every base64 PNG string (``audit.exemplars[].images[].clean/corrupted`` of
-  Network Dissection, ``audit.exemplars[].clean/corrupted[].png`` of MILAN) is dropped with
-  its key; the numbers about the pictures (image index, max activation, L∞) stay. A top-level
+  Network Dissection, ``audit.exemplars[].clean/corrupted[].png`` of MILAN; also WebP and
+  JPEG ones, the saliency maps' thumbnails) is dropped with its key; the numbers about the pictures (image index, max activation, L∞) stay. A top-level
   ``"images": false`` says so; :func:`write_json` with ``include_images=True`` keeps them
   (``"images": true``, otherwise the /1 layout).
 - ``nemaudit.report/1``: the first layout, pictures always included. Still read by
@@ -40,6 +40,8 @@ SCHEMA = "nemaudit.report/2"
 READABLE_SCHEMAS = ("nemaudit.report/1", SCHEMA)
 #: every base64 PNG starts with the encoded PNG signature
 _PNG_B64 = "iVBORw0KGgo"
+#: ... and every base64 WebP ("RIFF") and JPEG (FF D8 FF) with theirs
+_PICTURE_B64 = (_PNG_B64, "UklGR", "/9j/")
 #: record outcomes in the order reports list their counts
 OUTCOMES = ("passed", "warned", "failed", "error", "skipped")
 
@@ -212,8 +214,9 @@ def _jsonable(obj: Any) -> Any:
 
 
 def is_png_b64(v: Any) -> bool:
-    """True for a base64-encoded PNG picture (what the exemplar payloads carry)."""
-    return isinstance(v, str) and len(v) > 32 and v.startswith(_PNG_B64)
+    """True for a base64-encoded picture: a PNG (what the exemplar payloads carry), or a
+    WebP or JPEG (the saliency maps' thumbnails)."""
+    return isinstance(v, str) and len(v) > 32 and v.startswith(_PICTURE_B64)
 
 
 def strip_images(obj: Any) -> Any:

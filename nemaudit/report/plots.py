@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,10 +40,32 @@ def _figure(width: float, height: float):
     return fig
 
 
+#: colours of a chart's palette PNG: line art with anti-aliasing needs few (64 keeps the
+#: edges smooth at about a third of the bytes of matplotlib's RGBA PNG)
+CHART_COLOURS = 64
+
+
 def _png_bytes(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", facecolor="white")
-    return buf.getvalue()
+    return _palette_png(buf.getvalue())
+
+
+def _palette_png(png: bytes) -> bytes:
+    """A chart's PNG as a palette PNG of :data:`CHART_COLOURS` colours, when Pillow is there
+    and that is smaller (charts are line art: lossless PNG stays right, 8-bit colour is
+    plenty); else the PNG as it is."""
+    try:
+        from PIL import Image
+
+        img = Image.open(io.BytesIO(png)).convert("RGB")
+        small = img.quantize(colors=CHART_COLOURS, method=Image.Quantize.MEDIANCUT,
+                             dither=Image.Dither.NONE)
+        out = io.BytesIO()
+        small.save(out, format="PNG", optimize=True)
+    except Exception:  # noqa: BLE001 - a smaller chart is a courtesy
+        return png
+    return out.getvalue() if out.tell() < len(png) else png
 
 
 def _b64(fig) -> str:
@@ -186,6 +209,55 @@ def _disambiguate(series: list[list]) -> None:
 #: session overview axes in display order, with the record field or corruption axis behind them
 OVERVIEW_AXES = ("layer", "std", "linf", "fraction")
 
+#: top-level module names that are a network's stem (before its stages) or head (after them),
+#: for ordering layer names without the model: ``conv1 < layer1``, ``layer4 < fc``
+_STEM = re.compile(r"(stem|conv_?\d?|bn_?\d?|relu\d?|maxpool|pool0|norm0|input|embed\w*|"
+                   r"patch_embed|quant)$", re.I)
+_HEAD = re.compile(r"(avgpool|global_pool|pool|fc\d*|classifier|head|heads|logits|"
+                   r"last_linear|norm|pre_logits)$", re.I)
+
+
+def natural_layer_key(name: str) -> tuple:
+    """A layer name's place in network depth, read from the name alone: stem modules first
+    (``conv1``, ``bn1``, ``stem``), head modules last (``avgpool``, ``fc``, ``classifier``),
+    and in between a natural sort of the dotted parts, numbers as numbers:
+    ``layer1 < layer2 < layer10``, ``features.3 < features.10``, ``layer2.1 < layer3``."""
+    parts = str(name).split(".")
+    top = parts[0]
+    rank = 0 if _STEM.fullmatch(top) else 2 if _HEAD.fullmatch(top) else 1
+    chunks: list[tuple[int, int, str]] = []
+    for part in parts:
+        for run in re.findall(r"\d+|\D+", part):
+            chunks.append((0, int(run), "") if run.isdigit() else (1, 0, run.lower()))
+        chunks.append((-1, 0, ""))  # the end of a part sorts before any continuation
+    return (rank, tuple(chunks))
+
+
+def order_layers(layers: Iterable[str], depth: Mapping[str, Any] | None = None) -> list[str]:
+    """Distinct layer names in network depth order: by the depth index recorded at audit time
+    (the layer's position in ``model.named_modules()``, a record's ``layer_depth``) when every
+    layer has one, else by :func:`natural_layer_key` (never a mix of the two: an index and
+    a name are not comparable)."""
+    names = _distinct(str(n) for n in layers)
+    depth = depth or {}
+    known = {n: depth.get(n) for n in names}
+    if names and all(_number(v) for v in known.values()):
+        return sorted(names, key=lambda n: (float(known[n]), natural_layer_key(n)))  # type: ignore[arg-type]
+    return sorted(names, key=natural_layer_key)
+
+
+def layer_depth(record: Mapping[str, Any], payload: Mapping[str, Any] | None,
+                layer: str) -> int | None:
+    """The depth index recorded for ``layer``: the payload's provenance
+    (``meta.specs.layer_depth``) or the record's ``layer_depth``, when it is about that layer."""
+    specs = ((payload or {}).get("meta") or {}).get("specs") or {}
+    if isinstance(specs, Mapping) and specs.get("layer") == layer and \
+            _number(specs.get("layer_depth")):
+        return int(specs["layer_depth"])
+    if record.get("layer") == layer and _number(record.get("layer_depth")):
+        return int(record["layer_depth"])
+    return None
+
 
 def _flip_payloads(record: Mapping[str, Any]) -> list[tuple[Mapping[str, Any], str]]:
     """(payload, method name) of each method payload in ``record`` whose metrics have a flip
@@ -220,14 +292,18 @@ def session_sweeps(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
                             "base": (str(r.get("model") or "—"), str(r.get("probe") or "—"),
                                      str(a.get("method") or m)),
                             "layer": str(layer), "c": c, "axes": corruption_axes(c),
-                            "m": a["metrics"]})
-    layer_order: dict[str, int] = {}
-    for e in entries:
-        layer_order.setdefault(e["layer"], len(layer_order))
+                            "m": a["metrics"], "depth": layer_depth(r, a, str(layer))})
     bases = _distinct(e["base"] for e in entries)
     sweeps = []
     for base in bases:
         mine = [e for e in entries if e["base"] == base]
+        # layers in network depth order, not test order (the same model: one depth map)
+        depths: dict[str, Any] = {}
+        for e in mine:
+            if e["depth"] is not None:
+                depths.setdefault(e["layer"], e["depth"])
+        layer_rank = {n: i for i, n in enumerate(order_layers((e["layer"] for e in mine),
+                                                              depths))}
         for axis in OVERVIEW_AXES:
             groups: dict[tuple, list[dict]] = {}
             for e in mine:
@@ -271,10 +347,10 @@ def session_sweeps(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
                                    "changed": e["m"].get("changed"), "units": e["m"].get("units"),
                                    "layer": e["layer"], "series": label,
                                    "corruption": corruption_text(e["c"]), "record": e["index"],
-                                   "name": e["name"],
+                                   "name": e["name"], "layer_depth": e["depth"],
                                    "records": [[d["index"], d["name"]] for d in same]})
             if axis == "layer":
-                points.sort(key=lambda p: layer_order[p["x"]])
+                points.sort(key=lambda p: layer_rank[p["x"]])
             sweeps.append({"x": axis, "model": base[0], "probe": base[1], "method": base[2],
                            "points": points})
     return sweeps
@@ -315,6 +391,12 @@ def sweep_figure(sweep: Mapping[str, Any], title: str | None = None):
         for p in points:
             if str(p["x"]) not in order:
                 order.append(str(p["x"]))
+        if xkind == "layer":  # network depth, not the order the tests ran in
+            known: dict[str, Any] = {}
+            for p in points:
+                if p.get("layer_depth") is not None:
+                    known.setdefault(str(p["x"]), p["layer_depth"])
+            order = order_layers(order, known)
     many = len(series) > 3  # more than 6 legend entries: the legend goes beside the axes
     fig = _figure(8.6 if many else 6.4, 3.6)
     ax = fig.add_subplot()
