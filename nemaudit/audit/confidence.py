@@ -1,12 +1,27 @@
 """Confidence intervals for the rates audits report (a share of k units out of n).
 
-A rate measured on 32 units is a small sample: 1/32 and 2/32 differ by noise. Every rate
-metric (:attr:`nemaudit.audit.methods.MetricShape.rate`) carries an exact (Clopper–Pearson)
-binomial interval *over units*: it treats the audited units as a sample of the layer's units
-and says how far the share could be from the one measured. A repeated audit (``repeats=R``:
-R draws of the corruption with derived seeds) also covers the corruption's randomness
-(:func:`repeated_interval`). Neither covers the probe (other images): that needs a bootstrap
-over images, not computed yet.
+A rate measured on 32 units is a small sample: 1/32 and 2/32 differ by noise. A measured
+rate has three sources of chance, and each interval says which it covers
+(:attr:`Interval.covers`):
+
+- ``"units"`` — every rate metric (:attr:`nemaudit.audit.methods.MetricShape.rate`) carries
+  an exact (Clopper–Pearson) binomial interval *over units* (:func:`binomial_interval`): it
+  treats the audited units as a sample of the layer's units and says how far the share could
+  be from the one measured. It is what a plain audit gets.
+- ``"units+draws"`` — a repeated audit (``repeats=R``: R draws of the corruption with derived
+  seeds) also covers the corruption's randomness (:func:`repeated_interval`, a bootstrap over
+  units of their hit frequencies over the draws).
+- ``"units+probe"`` — a Network Dissection audit with ``bootstrap=B`` also covers the probe
+  (other images): a paired bootstrap over probe images that re-weights per-image tallies, so
+  it needs no new forward pass (:mod:`nemaudit.audit.netdissect.bootstrap`). It resamples
+  units too; it is *conditional on the thresholds* (T_u stays at its measured value). It
+  applies to the keyless rates (flip rates over all units and over clean detectors, the
+  detector shares, targeted success); keyed rates (per category) keep ``"units"``. With
+  ``repeats`` as well: ``"units+draws+probe"``.
+
+None covers the model itself (another training run). The bootstrap intervals are percentile
+intervals, approximate at small samples: ``benchmarks/bench_confidence.py`` measures their
+coverage.
 
 scipy does the arithmetic (``scipy.stats.binomtest(...).proportion_ci(method="exact")``):
 the inverse of the regularised incomplete beta function is not something to write by hand.

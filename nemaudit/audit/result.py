@@ -118,7 +118,8 @@ class MethodResult:
     def interval(self, metric: str, keys: tuple[str, ...] = (), level: float = 0.95) -> Any:
         """The interval of a rate metric (:class:`~nemaudit.audit.confidence.Interval`), or
         None when it has none: exact binomial over units for one draw; over units *and*
-        draws when the audit was repeated (:attr:`draws`)."""
+        draws when the audit was repeated (:attr:`draws`). A method may widen it (Network
+        Dissection's ``bootstrap=B`` adds the probe images)."""
         from nemaudit.audit.confidence import binomial_interval, repeated_interval
 
         keys = tuple(keys)

@@ -161,15 +161,18 @@ class Nemaudit:
               corruption: Any = None, *, weights: str | None = None, normalize: Any = None,
               units: Sequence[int] | None = None, eta: float | None = None,
               iou_threshold: float | None = None, max_units: int | None = None,
-              repeats: int | None = None) -> Any:
+              repeats: int | None = None, bootstrap: int | None = None) -> Any:
         """Dissect ``layer`` clean and under ``corruption`` (a spec string or Corruption);
         the result's metrics are :class:`~nemaudit.audit.result.Metric` floats, so a plain
         ``assert result.flip_rate <= 0.05`` reports the per-unit diff when it fails.
-        ``repeats``: draws of the corruption (mean metrics, intervals over units and draws)."""
+        ``repeats``: draws of the corruption (mean metrics, intervals over units and draws);
+        ``bootstrap``: resamples of the probe's images (flip-rate intervals over units and
+        probe images)."""
         __tracebackhide__ = True
         return self.run("netdissect", model, probe, layer, corruption, weights=weights,
                         normalize=normalize, units=units, eta=eta,
-                        iou_threshold=iou_threshold, max_units=max_units, repeats=repeats)
+                        iou_threshold=iou_threshold, max_units=max_units, repeats=repeats,
+                        bootstrap=bootstrap)
 
     def describe(self, model: Any = None, probe: Any = None, layer: str | None = None,
                  corruption: Any = None, *, weights: str | None = None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from nemaudit.audit.fields import Field, check_float
+from nemaudit.audit.fields import Field, check_float, check_int
 from nemaudit.audit.methods import Method, MetricShape
 
 _N = MetricShape()
@@ -42,6 +42,10 @@ class NetDissect(Method):
     fields = {
         "eta": Field(check_float(0.0, 1.0, lo_open=True, hi_open=True), "top-η quantile"),
         "iou_threshold": Field(check_float(0.0, 1.0), "IoU of a detector"),
+        "bootstrap": Field(check_int(0, 100_000), "resamples of the probe's images (0: off): "
+                                                  "flip-rate intervals cover units and probe "
+                                                  "images, from per-image tallies (no new "
+                                                  "forward pass)"),
     }
 
     def check_keys(self, metric: str, keys: tuple[str, ...]) -> str | None:

@@ -24,6 +24,35 @@ def _rate(flags: list[bool]) -> float | None:
     return sum(flags) / len(flags) if flags else None
 
 
+#: the rates that are a share of one per-unit flag (hit) among the units with another (pool;
+#: None: every unit), keyless: :meth:`AuditResult.indicators` and the probe bootstrap
+#: (:mod:`nemaudit.audit.netdissect.bootstrap`) both read them from here
+RATE_FLAGS: dict[str, tuple[str, str | None]] = {
+    "flip_rate": ("changed", None),
+    "flip_rate_detectors": ("changed", "clean_detector"),
+    "targeted_success_rate": ("target_hit", "target"),
+    "detector_share_clean": ("clean_detector", None),
+    "detector_share_corrupted": ("corrupted_detector", None),
+}
+
+
+def unit_flags(c_lab: torch.Tensor, c_iou: torch.Tensor, k_lab: torch.Tensor,
+               k_iou: torch.Tensor, iou_threshold: float, targets: torch.Tensor | None = None
+               ) -> dict[str, torch.Tensor]:
+    """The per-unit flags that rows and rates are made of, from the clean and corrupted best
+    concept and IoU (tensors ``[..., U]``: one dissection, or ``[B, U]`` resampled probes):
+    ``changed`` (the concept differs), ``clean_detector`` / ``corrupted_detector`` (best IoU
+    ≥ ``iou_threshold`` on a real concept) and, with ``targets [U]`` (target id, 0 = none),
+    ``target`` (the unit has one) and ``target_hit`` (its corrupted concept is it)."""
+    flags = {"changed": c_lab != k_lab,
+             "clean_detector": (c_iou >= iou_threshold) & (c_lab > 0),
+             "corrupted_detector": (k_iou >= iou_threshold) & (k_lab > 0)}
+    if targets is not None:
+        flags["target"] = (targets > 0).expand_as(c_lab)
+        flags["target_hit"] = flags["target"] & (k_lab == targets)
+    return flags
+
+
 @dataclass
 class AuditResult(MethodResult):
     """Clean vs corrupted Network Dissection of one layer: per unit, both concepts and IoUs."""
@@ -32,6 +61,8 @@ class AuditResult(MethodResult):
     schema = SCHEMA
     clean: Dissection | None = field(default=None, repr=False)
     corrupted: Dissection | None = field(default=None, repr=False)
+    #: the paired bootstrap over probe images (``bootstrap=B``), else None
+    probe_bootstrap: Any = field(default=None, repr=False)
 
     def diff_order(self, row: dict) -> float:
         return -row["clean_iou"]
@@ -46,12 +77,9 @@ class AuditResult(MethodResult):
             return [(bool(hit(r)), bool(among(r))) for r in rows]
 
         changed = lambda r: r["changed"]  # noqa: E731
-        if metric == "flip_rate":
-            return share(changed)
-        if metric == "flip_rate_detectors":
-            return share(changed, lambda r: r["clean_detector"])
-        if metric == "targeted_success_rate":
-            return share(lambda r: r["target_hit"], lambda r: r["target"])
+        if not keys and metric in RATE_FLAGS:
+            hit, pool = RATE_FLAGS[metric]
+            return share(lambda r: r[hit], (lambda r: r[pool]) if pool else (lambda r: True))
         if metric == "per_category_flip_rate" and len(keys) == 1:
             return share(changed, lambda r: r["clean_category"] == keys[0])
         side, cat = None, "all"
@@ -65,6 +93,22 @@ class AuditResult(MethodResult):
             return None
         return share(lambda r: r[f"{side}_detector"] and (cat == "all"
                                                           or r[f"{side}_category"] == cat))
+
+    def interval(self, metric: str, keys: tuple[str, ...] = (), level: float = 0.95) -> Any:
+        """With a probe bootstrap (``bootstrap=B``; every draw's, when repeated), the
+        percentile interval of the keyless rates of :data:`RATE_FLAGS` over units and probe
+        images (and draws); otherwise, and for the other rates, the base class's."""
+        keys = tuple(keys)
+        boots = [getattr(d, "probe_bootstrap", None) for d in (self.draws or [self])]
+        if not keys and metric in RATE_FLAGS and all(b is not None for b in boots):
+            from nemaudit.audit.netdissect.bootstrap import probe_interval
+
+            counts = [d.counts(metric) or (0, 0) for d in (self.draws or [self])]
+            iv = probe_interval(boots, metric, level, sum(c[0] for c in counts),  # type: ignore[arg-type]
+                                sum(c[1] for c in counts))
+            if iv is not None:
+                return iv
+        return super().interval(metric, keys, level)
 
     def diff_line(self, r: dict) -> str:
         """``unit 12: car (0.081) → wheel (0.052)``."""
@@ -86,6 +130,7 @@ def compare(clean: Dissection, corrupted: Dissection, units: list[int] | None = 
     k_lab, k_iou = corrupted.best()
     k_full = corrupted.iou().cpu()
     thr = clean.config.iou_threshold
+    flags = {k: v.tolist() for k, v in unit_flags(c_lab, c_iou, k_lab, k_iou, thr).items()}
     name = lambda i: clean.concepts[i].name if i > 0 else None  # noqa: E731
     cat = lambda i: clean.concepts[i].category if i > 0 else None  # noqa: E731
     rows = []
@@ -94,11 +139,11 @@ def compare(clean: Dissection, corrupted: Dissection, units: list[int] | None = 
         row = {
             "unit": u,
             "clean_label": name(cl), "clean_category": cat(cl), "clean_iou": float(c_iou[u]),
-            "clean_detector": bool(c_iou[u] >= thr and cl > 0),
+            "clean_detector": flags["clean_detector"][u],
             "corrupted_label": name(kl), "corrupted_category": cat(kl),
             "corrupted_iou": float(k_iou[u]),
-            "corrupted_detector": bool(k_iou[u] >= thr and kl > 0),
-            "changed": cl != kl,
+            "corrupted_detector": flags["corrupted_detector"][u],
+            "changed": flags["changed"][u],
             "source_iou_after": float(k_full[u, cl]) if cl > 0 else None,
             "clean_threshold": float(clean.thresholds[u]),
             "corrupted_threshold": float(corrupted.thresholds[u]),
