@@ -51,6 +51,57 @@ def pgd_throughput(model, probe, layer, args, device):
             "ta_ips": imgs.shape[0] * args.steps / ta_s}
 
 
+def attack_costs(model, probe, layer, args, device):
+    """Cost per unit·image·step of the designed attack against a bare forward+backward of
+    the same truncated model (up to ``layer``, nothing after it) on the same copies; and U
+    units attacked in one call against U one-unit calls."""
+    from nemaudit.audit.netdissect.run import AuditConfig, clean_run
+    from nemaudit.corrupt.pgd import attack_units, untargeted_targets
+    from nemaudit.explain.common.activations import probe_loader
+    from nemaudit.explain.netdissect import DissectConfig
+    from nemaudit.model.layers import LayerRecorder
+
+    base = clean_run(model, layer, probe, AuditConfig(dissect=DissectConfig()), device)
+    labels, _ = base.dissection.best()
+    units = (labels > 0).nonzero().flatten()[: args.units].tolist()
+    targets = untargeted_targets(base.dissection.iou().cpu(), labels.cpu())
+    batch = next(iter(probe_loader(probe, args.batch))).to(device)
+    src = [int(labels[u]) for u in units]
+    tgt = [int(targets[u]) for u in units]
+
+    def together():
+        return attack_units(model, layer, batch, units, src, tgt, eps=4 / 255, steps=args.steps,
+                            max_copies=args.batch)
+
+    together()  # warm-up
+    t0 = time.perf_counter()
+    res = together()
+    t_all = time.perf_counter() - t0
+    pu, pb = res.poisoned.nonzero(as_tuple=True)
+    t0 = time.perf_counter()
+    for i, u in enumerate(units):
+        attack_units(model, layer, batch, [u], [src[i]], [tgt[i]], eps=4 / 255,
+                     steps=args.steps, max_copies=args.batch)
+    t_single = time.perf_counter() - t0
+    # the bare truncated forward+backward over exactly the same copies, as many steps
+    images = batch.images[pb]
+    unit_t = torch.tensor(units, device=device)[pu]
+    t0 = time.perf_counter()
+    with torch.enable_grad(), LayerRecorder(model, [layer], keep_graph=True,
+                                            stop_at_layer=True) as rec:
+        for _ in range(args.steps):
+            for s in range(0, images.shape[0], args.batch):
+                x = images[s:s + args.batch].clone().requires_grad_(True)
+                rec.run(x)
+                f = rec[layer]
+                out = f[torch.arange(f.shape[0], device=device), unit_t[s:s + args.batch]]
+                torch.autograd.grad(out.sum(), x)
+    t_bare = time.perf_counter() - t0
+    copies = int(pu.numel())
+    return {"units": len(units), "copies": copies, "together": t_all, "single": t_single,
+            "bare": t_bare, "per_ustep_us": t_all / max(copies * args.steps, 1) * 1e6}
+
+
 def incremental(model, probe, layer, args, device):
     """Corrupted side only: the clean baseline is computed once and read from the on-disk
     cache (as in every audit after the first), so what differs is the re-dissection."""
@@ -102,6 +153,13 @@ def main() -> None:
     print(f"torchattacks PGD on cross-entropy (same model, same copies): "
           f"{r['ta_ips']:.0f} image·steps/s  → ratio ours/torchattacks "
           f"{r['ours_ips'] / r['ta_ips']:.2f}")
+    c = attack_costs(model, probe, args.layer, args, device)
+    print(f"designed attack, {c['units']} units × their images = {c['copies']} copies, "
+          f"{args.steps} steps: {c['per_ustep_us']:.0f} µs per unit·image·step;")
+    print(f"  against a bare forward+backward of the model truncated at {args.layer} on the "
+          f"same copies: {c['together'] / c['bare']:.2f}× (goal ≤ 1.3)")
+    print(f"  {c['units']} units in one call {c['together']:.2f} s vs {c['units']} one-unit "
+          f"calls {c['single']:.2f} s ({c['single'] / c['together']:.2f}× faster together)")
     clean_s, rows = incremental(model, probe, args.layer, args, device)
     print(f"\nnoise audit on {args.n} images, layer {args.layer}: the clean baseline took "
           f"{clean_s:.2f} s once (then cached);\ntime of the corrupted side by poisoned "

@@ -61,6 +61,21 @@ def _message(e: BaseException) -> str:
     return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
 
 
+def layer_depth(model: Any, layer: str) -> int | None:
+    """The layer's index in ``model.named_modules()`` (the inner model's, root excluded):
+    its place in definition order, which for sequential networks is their depth. None when
+    the layer cannot be found (never an error: it only orders reports)."""
+    try:
+        from nemaudit.model import resolve_layer
+        from nemaudit.model.load import unwrap
+
+        target = resolve_layer(model, layer)
+        modules = [m for n, m in unwrap(model).named_modules() if n]
+        return next((i for i, m in enumerate(modules) if m is target), None)
+    except Exception:  # noqa: BLE001 - provenance must never fail an audit
+        return None
+
+
 def label(obj: Any) -> str | None:
     """How reports name a model, probe or describer (its spec, else its name or type)."""
     if obj is None or isinstance(obj, str):
@@ -138,9 +153,10 @@ class Auditor:
             return spec
         if spec not in self._probes:
             from nemaudit.probe import load_probe
+            from nemaudit.probe.memory import MemoProbe
 
-            try:
-                self._probes[spec] = load_probe(spec.strip())
+            try:  # items are kept once read: every audit passes over the probe many times
+                self._probes[spec] = MemoProbe(load_probe(spec.strip()))
             except _LOADING as e:
                 raise RequestError("probe", _message(e)) from None
         return self._probes[spec]
@@ -237,7 +253,7 @@ class Auditor:
                 self._results[key] = result
                 while len(self._results) > RESULT_CACHE:
                     self._results.popitem(last=False)
-        result.meta["specs"] = self.provenance(request, resolved.layer)
+        result.meta["specs"] = self.provenance(request, resolved.layer, resolved.model)
         return result
 
     def _run_draws(self, request: AuditRequest, resolved: Resolved) -> Any:
@@ -270,9 +286,15 @@ class Auditor:
         first.meta["repeats"] = {"draws": repeats, "seeds": seeds, "per_draw": per_draw}
         return first
 
-    def provenance(self, request: AuditRequest, layer: str) -> dict:
-        return {"model": label(request.model), "probe": label(request.probe), "layer": layer,
-                "weights": request.weights}
+    def provenance(self, request: AuditRequest, layer: str, model: Any = None) -> dict:
+        """Which model, probe and layer an audit ran on; with the live ``model``, also
+        ``layer_depth``: the layer's position in ``model.named_modules()`` (definition
+        order), so reports order layers by depth without the model (:func:`layer_depth`)."""
+        out: dict[str, Any] = {"model": label(request.model), "probe": label(request.probe),
+                               "layer": layer, "weights": request.weights}
+        if model is not None:
+            out["layer_depth"] = layer_depth(model, layer)
+        return out
 
     def clean_dissection(self, request: AuditRequest) -> Any:
         """The clean Network Dissection of a request's layer (shared on-disk cache)."""

@@ -32,11 +32,33 @@ def pytest_configure(config: pytest.Config) -> None:
     state = ns.NemauditState(config, opts, records.Records())
     config.stash[ns.STATE_KEY] = state
     config.pluginmanager.register(_Collector(state), "nemaudit-collector")
-    if opts.enabled:  # resolve the device now, so `cuda` without a GPU is a UsageError
+    if opts.enabled:
+        _join_process_group(config)
+        # resolve the device now, so `cuda` without a GPU is a UsageError
         try:
             _ = state.device
         except NemauditError as e:
             raise pytest.UsageError(f"--nemaudit-device: {e}") from None
+
+
+def _join_process_group(config: pytest.Config) -> None:
+    """``torchrun --nproc-per-node N -m pytest --nemaudit``: every rank runs the same tests in
+    the same order, and each audit's work is sharded over the ranks (:mod:`nemaudit.dist`);
+    rank 0 writes the reports. xdist cannot be combined with it (its workers would each be
+    a rank of their own)."""
+    import os
+
+    if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
+        return
+    if getattr(config.option, "numprocesses", None) or hasattr(config, "workerinput"):
+        raise pytest.UsageError("--nemaudit under torchrun shards each audit over the ranks; "
+                                "do not combine it with pytest -n (xdist)")
+    from nemaudit import dist
+
+    try:
+        dist.init_from_env()
+    except NemauditError as e:
+        raise pytest.UsageError(f"torchrun: {e}") from None
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
@@ -128,6 +150,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     state = config.stash.get(ns.STATE_KEY, None)
     if state is not None:
         fixture.stop_listening(state)
+        if state.options.enabled:
+            from nemaudit import dist
+
+            dist.shutdown()
     plugin = config.pluginmanager.get_plugin("nemaudit-collector")
     if plugin is not None:
         config.pluginmanager.unregister(plugin)

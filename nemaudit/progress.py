@@ -29,7 +29,12 @@ class _RichTask:
 
 @contextlib.contextmanager
 def progress_task(description: str, total: float | None, enabled: bool = True) -> Iterator:
-    """A rich progress bar on stderr (if enabled and stderr is a terminal or forced)."""
+    """A rich progress bar on stderr (if enabled and stderr is a terminal or forced); only
+    rank 0 of a distributed run draws one."""
+    if enabled:
+        from nemaudit.dist import is_main
+
+        enabled = is_main()
     if not enabled:
         yield _NullTask()
         return

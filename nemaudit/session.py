@@ -28,7 +28,12 @@ class NemauditState:
 
     @property
     def is_controller(self) -> bool:
-        return not hasattr(self.config, "workerinput")
+        """The process that writes reports: not an xdist worker, and rank 0 under torchrun."""
+        if hasattr(self.config, "workerinput"):
+            return False
+        import os
+
+        return os.environ.get("RANK", "0") == "0" or os.environ.get("WORLD_SIZE", "1") == "1"
 
     @property
     def wants_pictures(self) -> bool:

@@ -87,3 +87,83 @@ def test_units_subset_leaves_other_rows_untouched():
     full = dissect(model, "layer2", probe, CFG, transform=tf)
     assert_same(inc, full, units=slice(1, 3))
     assert_same(inc, clean, units=slice(3, None))
+
+
+class _Quantise(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.round(x * 32) / 32
+
+
+class CoarseNet(ToyNet):
+    """ToyNet whose layer2 outputs lie on a grid of 1/32: many activations tie with the
+    threshold, and upsampled pixels of flat regions equal it exactly — the boundary cases
+    of the strict ``>`` of a mask."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer2 = torch.nn.Sequential(*self.layer2, _Quantise())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("share", [0.05, 0.2])
+def test_delta_tally_is_exact_when_pixels_sit_on_the_thresholds(seed, share):
+    """The incremental tally re-tallies only pairs with a pixel between the old and the new
+    threshold; with ties on the grid, a pixel equal to either threshold must be counted on
+    the right side of the strict ``>``."""
+    probe, model = ToyProbe(40), CoarseNet()
+    clean = dissect(model, "layer2", probe, CFG, keep_state=True)
+    table = clean.state.pixels
+    assert table is not None
+    assert (table.value == clean.thresholds[clean.state.units[table.pair]]).any()  # ties occur
+    changed = torch.rand(len(probe), generator=torch.Generator().manual_seed(seed)) < share
+    tf = noisy(changed, seed)
+    full = dissect(model, "layer2", probe, CFG, transform=tf)
+    inc, inexact = redissect(clean, probe, changed,
+                             *new_pairs(model, probe, "layer2", changed, tf, clean.state.cut))
+    assert_same(inc, full, ~inexact)
+
+
+class _Flatten(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (torch.round(x.mean(dim=(2, 3), keepdim=True) * 64) / 64).expand_as(x)
+
+
+class FlatNet(ToyNet):
+    """ToyNet whose layer2 maps are constant per image (on a grid of 1/64): an upsampled
+    pixel equals its raw value, the threshold lands on some image's value, and a mask is all
+    or nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer2 = torch.nn.Sequential(*self.layer2, _Flatten())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_delta_tally_counts_a_pixel_equal_to_a_raised_threshold(seed):
+    """A threshold raised onto an unchanged image's (flat) value empties that image's mask:
+    its pixels lie exactly at the new threshold, none strictly between the two."""
+    probe, model, cfg = ToyProbe(40), FlatNet(), DissectConfig(eta=0.05, batch_size=7)
+    clean = dissect(model, "layer2", probe, cfg, keep_state=True)
+    changed = torch.rand(len(probe), generator=torch.Generator().manual_seed(seed)) < 0.3
+    tf = noisy(changed, seed)
+    full = dissect(model, "layer2", probe, cfg, transform=tf)
+    inc, inexact = redissect(clean, probe, changed,
+                             *new_pairs(model, probe, "layer2", changed, tf, clean.state.cut))
+    assert_same(inc, full, ~inexact)
+
+
+def test_delta_and_full_retally_agree():
+    """The two tally paths of redissect (delta with the above-cut pixels; full re-tally when
+    they were over budget) give the same result."""
+    import dataclasses
+
+    probe, model = ToyProbe(40), ToyNet()
+    clean = dissect(model, "layer2", probe, CFG, keep_state=True)
+    changed = torch.rand(len(probe), generator=torch.Generator().manual_seed(3)) < 0.2
+    tf = noisy(changed)
+    pairs = new_pairs(model, probe, "layer2", changed, tf, clean.state.cut)
+    delta, _ = redissect(clean, probe, changed, *pairs)
+    no_above = dataclasses.replace(clean, state=dataclasses.replace(clean.state, pixels=None))
+    full, _ = redissect(no_above, probe, changed, *pairs)
+    assert_same(delta, full)
+    assert not torch.equal(delta.thresholds, clean.thresholds)

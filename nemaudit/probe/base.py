@@ -47,9 +47,16 @@ class ProbeBatch:
     targets: torch.Tensor  # [B] class labels, -1 where unknown
 
     def to(self, device: torch.device | str) -> ProbeBatch:
-        return ProbeBatch(*(t.to(device) for t in (self.images, self.pixel_labels,
-                                                    self.image_labels, self.indices,
-                                                    self.targets)))
+        non_blocking = self.images.is_pinned()
+        return ProbeBatch(*(t.to(device, non_blocking=non_blocking)
+                            for t in (self.images, self.pixel_labels, self.image_labels,
+                                      self.indices, self.targets)))
+
+    def pin_memory(self) -> ProbeBatch:
+        """Page-locked copies (the DataLoader calls this with ``pin_memory=True``)."""
+        return ProbeBatch(*(t.pin_memory() for t in (self.images, self.pixel_labels,
+                                                      self.image_labels, self.indices,
+                                                      self.targets)))
 
     def __len__(self) -> int:
         return self.images.shape[0]

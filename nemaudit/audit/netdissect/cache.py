@@ -24,6 +24,7 @@ import torch
 import nemaudit
 from nemaudit.explain.common.quantile import TopQuantile
 from nemaudit.explain.netdissect import DissectConfig, Dissection, DissectState
+from nemaudit.explain.netdissect.dissect import PixelTable
 from nemaudit.explain.netdissect.tally import IoUTally
 from nemaudit.files import atomic_write_bytes, atomic_write_text
 from nemaudit.probe.base import Concept
@@ -36,11 +37,16 @@ CACHEDIR_TAG = ("Signature: 8a477f597d28d172789f06886806bc55\n"
                 "https://bford.info/cachedir/\n")
 
 
+#: the layout of a cached entry; bump it when DissectState gains or changes a field, so an
+#: old entry is never read as a new one
+FORMAT = 2
+
+
 def clean_run_key(model_fp: str, layer: str, probe_fp: str, config: DissectConfig,
                  extra: dict | None = None) -> str:
     doc = {"model": model_fp, "layer": layer, "probe": probe_fp, "settings": config.as_dict(),
            "batch": config.batch_size, "extra": extra or {}, "version": nemaudit.__version__,
-           "torch": torch.__version__}
+           "torch": torch.__version__, "format": FORMAT}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -64,6 +70,7 @@ def _to_payload(d: Dissection) -> dict:
             "cut": st.cut.cpu(),
             **{k: (getattr(st, k).cpu() if getattr(st, k) is not None else None)
                for k in ("maps", "units", "images", "maxes")},
+            "pixels": None if st.pixels is None else st.pixels.to("cpu").to_dict(),
         }
     return payload
 
@@ -77,8 +84,10 @@ def _from_payload(p: dict, device: torch.device) -> Dissection:
         dev = lambda x: None if x is None else x.to(device)  # noqa: E731
         quant = TopQuantile(s["level"], s["n_total"], s["values"].to(device), s["count"],
                             s["slack"], dev(s["ids"]))
+        pixels = s.get("pixels")
         state = DissectState(quant, s["cut"].to(device), dev(s["maps"]), dev(s["units"]),
-                             dev(s["images"]), dev(s["maxes"]))
+                             dev(s["images"]), dev(s["maxes"]),
+                             None if pixels is None else PixelTable(**pixels).to(device))
     return Dissection(p["layer"], p["thresholds"].to(device), tally,
                       [Concept(*c) for c in p["concepts"]], list(p["categories"]),
                       DissectConfig(**p["config"]), json.loads(p["meta"]), state)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from nemaudit import dist
 from nemaudit.audit.netdissect.cache import CleanRunCache, clean_run_key
 from nemaudit.audit.netdissect.result import AuditResult, accuracy, compare
 from nemaudit.audit.request import AuditRequest, Resolved
@@ -44,6 +45,8 @@ class AuditConfig:
     incremental: bool = True
     incremental_max_share: float = 0.5
     slack: float = 2.0  # quantile buffer slack kept for incremental re-dissection
+    bootstrap: int = 0  # resamples of the probe's images for rate intervals (0: off)
+    bootstrap_budget_mb: float = 256.0  # cap on the bootstrap's per-image tallies
 
 
 @dataclass
@@ -68,17 +71,32 @@ def _classifies_probe(model: torch.nn.Module, probe: ProbeDataset) -> bool:
 def predict(model: torch.nn.Module, probe: ProbeDataset, device: torch.device,
             batch_size: int = 64, indices: Sequence[int] | None = None,
             transform=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(predicted class, target) for the probe images (optionally corrupted)."""
+    """(predicted class, target) for the probe images (optionally corrupted). In a process
+    group each rank predicts its whole batches and every rank gets all predictions."""
+    wanted = list(range(len(probe))) if indices is None else list(indices)
+    group = dist.active()
+    pos = (list(range(len(wanted))) if group is None
+           else dist.shard_batches(len(wanted), batch_size, group.rank, group.world))
     preds, targets = [], []
-    for batch in probe_loader(probe, batch_size, indices=indices):
-        batch = batch.to(device)
-        images = batch.images
-        if transform is not None:
-            with torch.enable_grad():
-                images = transform(batch)
-        preds.append(model(images).argmax(dim=1).cpu())
-        targets.append(batch.targets.cpu())
-    return torch.cat(preds), torch.cat(targets)
+    if pos:
+        for batch in probe_loader(probe, batch_size, indices=[wanted[p] for p in pos]):
+            batch = batch.to(device)
+            images = batch.images
+            if transform is not None:
+                with torch.enable_grad():
+                    images = transform(batch)
+            preds.append(model(images).argmax(dim=1).cpu())
+            targets.append(batch.targets.cpu())
+    empty = torch.empty(0, dtype=torch.long)
+    pred, target = (torch.cat(preds), torch.cat(targets)) if preds else (empty, empty)
+    if group is None:
+        return pred, target
+    out_p = torch.empty(len(wanted), dtype=torch.long)
+    out_t = torch.empty(len(wanted), dtype=torch.long)
+    for where, p, t in dist.all_gather_objects((torch.tensor(pos, dtype=torch.long), pred,
+                                                target), "gathering predictions"):
+        out_p[where], out_t[where] = p.long(), t.long()
+    return out_p, out_t
 
 
 def clean_run(model: torch.nn.Module, layer: str, probe: ProbeDataset,
@@ -91,41 +109,84 @@ def clean_run(model: torch.nn.Module, layer: str, probe: ProbeDataset,
     if fp is not None:
         key = clean_run_key(fp, layer, probe.fingerprint(), config.dissect,
                             {"slack": config.slack, "device": device.type})
+    if dist.active() is not None:
+        return _clean_run_in_group(model, layer, probe, config, device, cache, key, progress)
     with cache.lock(key) if key is not None else contextlib.nullcontext():
         hit = cache.load(key, device) if key is not None else None
         if hit is not None:
             d, extras = hit
             return CleanRun(d, extras.get("predictions"), extras.get("targets"))
-        d = dissect(model, layer, probe, config.dissect, device, progress=progress,
-                    keep_state=True, slack=config.slack)
-        preds = targets = None
-        if _classifies_probe(model, probe):
-            preds, targets = predict(model, probe, device, config.dissect.batch_size)
+        d, preds, targets = _clean(model, layer, probe, config, device, progress)
         if key is not None:
             cache.save(key, d, {"predictions": preds, "targets": targets})
     return CleanRun(d, preds, targets)
 
 
-def _new_pairs(model, layer, probe, indices, device, transform, cut, batch_size):
-    maps, units, images = [], [], []
+def _clean(model, layer, probe, config, device, progress):
+    d = dissect(model, layer, probe, config.dissect, device, progress=progress,
+                keep_state=True, slack=config.slack)
+    preds = targets = None
+    if _classifies_probe(model, probe):
+        preds, targets = predict(model, probe, device, config.dissect.batch_size)
+    return d, preds, targets
+
+
+def _clean_run_in_group(model, layer, probe, config, device, cache, key, progress) -> CleanRun:
+    """The clean run in a process group: the ranks use the cache only if every one of them
+    finds the entry (no rank may skip the collective dissection the others run); rank 0
+    writes a new entry (no file lock is held across collectives: a lock held by one rank
+    while it waits for the others would deadlock them)."""
+    hit = cache.load(key, device) if key is not None else None
+    if not dist.all_max(int(hit is None), "agreeing on the clean-run cache"):
+        d, extras = hit  # type: ignore[misc]
+        return CleanRun(d, extras.get("predictions"), extras.get("targets"))
+    d, preds, targets = _clean(model, layer, probe, config, device, progress)
+    if key is not None and dist.is_main():
+        with cache.lock(key):
+            cache.save(key, d, {"predictions": preds, "targets": targets})
+    return CleanRun(d, preds, targets)
+
+
+def _new_pairs(model, layer, probe, indices, device, transform, cut, batch_size,
+               predictions: list | None = None):
+    """The maps of changed images whose max reaches ``cut`` (each rank its whole batches of
+    ``indices`` in a process group; every rank gets all pairs). With a ``predictions`` list,
+    the same forward pass also classifies the changed images: ``(indices, classes)`` pieces
+    are appended to it."""
+    group = dist.active()
+    if group is not None:
+        indices = [indices[p] for p in dist.shard_batches(len(indices), batch_size, group.rank,
+                                                          group.world)]
+    maps, units, images, classes = [], [], [], []
     if indices:
         loader = probe_loader(probe, batch_size, indices=indices)
-        for batch, acts in stream_activations(model, layer, loader, device, transform):
+        outputs: list | None = [] if predictions is not None else None
+        for batch, acts in stream_activations(model, layer, loader, device, transform, outputs):
             b, u = (acts.amax(dim=(2, 3)) >= cut[None]).nonzero(as_tuple=True)
             maps.append(acts[b, u])
             units.append(u)
             images.append(batch.indices[b])
+            if outputs is not None:
+                classes.append((batch.indices.cpu(), outputs.pop().argmax(dim=1).cpu()))
+    if group is not None:
+        parts = dist.all_gather_objects((maps, units, images, classes), "gathering changed maps")
+        maps, units, images = ([t.to(device) for part in parts for t in part[i]]
+                               for i in range(3))
+        classes = [c for part in parts for c in part[3]]
+    if predictions is not None:
+        predictions.extend(classes)
     if not maps:
         return (torch.empty(0, 1, 1, device=device), torch.empty(0, dtype=torch.long, device=device),
                 torch.empty(0, dtype=torch.long, device=device))
     return torch.cat(maps), torch.cat(units), torch.cat(images)
 
 
-def _shared(model, layer, probe, corruption, base, config, device, progress):
+def _shared(model, layer, probe, corruption, base, config, device, progress, collect=None):
     clean = base.dissection
     poisoned = corruption.poisoned_indices(probe)
     transform = lambda batch: corruption(batch, model)  # noqa: E731
     info = {"poisoned_images": len(poisoned), "mode": "unchanged"}
+    classified: list = []  # (indices, classes) of poisoned images, from the incremental pass
     if not poisoned:
         corrupted = clean
     else:
@@ -136,19 +197,26 @@ def _shared(model, layer, probe, corruption, base, config, device, progress):
             changed = torch.zeros(len(probe), dtype=torch.bool)
             changed[poisoned] = True
             pairs = _new_pairs(model, layer, probe, poisoned, device, transform,
-                               clean.state.cut, config.dissect.batch_size)
+                               clean.state.cut, config.dissect.batch_size,
+                               classified if base.predictions is not None else None)
             corrupted, inexact = redissect(clean, probe, changed, *pairs,
                                            batch_size=config.dissect.batch_size)
+            if collect is not None:  # the corrupted side's pairs, for a probe bootstrap
+                collect.update(changed=changed, new=pairs)
             info["mode"] = "incremental"
             if inexact.any():
                 corrupted = None
         if corrupted is None:
             corrupted = dissect(model, layer, probe, config.dissect, device, progress=progress,
-                                transform=transform)
+                                transform=transform, keep_state=collect is not None,
+                                slack=config.slack)
             info["mode"] = "full"
     if base.predictions is not None:
         preds = base.predictions.clone()
-        if poisoned:
+        if classified:
+            for idx, cls in classified:
+                preds[idx] = cls
+        elif poisoned:
             preds[poisoned] = predict(model, probe, device, config.dissect.batch_size,
                                       indices=poisoned, transform=transform)[0]
         info["accuracy_clean"] = accuracy(base.predictions, base.targets)
@@ -185,7 +253,7 @@ def _presence(probe: ProbeDataset, concepts: list[int], batch_size: int, device)
 
 
 def _per_unit(model, layer, probe, corruption: UnitCorruption, base, config, device, units,
-              progress):
+              progress, collect=None):
     clean = base.dissection
     labels, _ = clean.best()
     attacked = _pick_units(clean, units, config.max_units)
@@ -206,17 +274,22 @@ def _per_unit(model, layer, probe, corruption: UnitCorruption, base, config, dev
     selected[corruption.poisoned_indices(probe)] = True
     relevant = {u: (presence[:, pos[sources[u]]] | presence[:, pos[targets[u]]]) & selected
                 for u in attacked}
-    images = torch.stack(list(relevant.values())).any(dim=0).nonzero().flatten().tolist()
+    group = dist.active()
+    # in a process group each rank attacks its blocks of units (the chunks a single process
+    # forms), then every rank gathers all units' new maps and re-dissects them all
+    mine = attacked if group is None else dist.shard_items(attacked, group.rank, group.world,
+                                                           block=config.unit_chunk)
     changed = torch.zeros(clean.units, len(probe), dtype=torch.bool)
-    maps, pair_units, pair_images = [], [], []
-    objective = {"before": 0.0, "after": 0.0, "pairs": 0}
+    maps, pair_units, pair_images, before, after = [], [], [], [], []
+    images = (torch.stack([relevant[u] for u in mine]).any(dim=0).nonzero().flatten().tolist()
+              if mine else [])
     loader = probe_loader(probe, config.attack_batch, indices=images) if images else []  # type: ignore[var-annotated]
-    with progress_task(f"attack {layer} ({len(attacked)} units)", len(images), progress) as task, \
+    with progress_task(f"attack {layer} ({len(mine)} units)", len(images), progress) as task, \
             LayerRecorder(model, [layer], stop_at_layer=True) as rec:
         for batch in loader:
             batch = batch.to(device)
             idx = batch.indices.cpu()
-            todo = [u for u in attacked if relevant[u][idx].any()]
+            todo = [u for u in mine if relevant[u][idx].any()]
             for s in range(0, len(todo), config.unit_chunk):
                 chunk = todo[s:s + config.unit_chunk]
                 res = corruption.attack_units(model, layer, batch, chunk,
@@ -226,11 +299,9 @@ def _per_unit(model, layer, probe, corruption: UnitCorruption, base, config, dev
                 pu, pb = res.poisoned.nonzero(as_tuple=True)
                 if pu.numel() == 0:
                     continue
-                ob, oa = res.objective_before[pu, pb], res.objective_after[pu, pb]
-                objective["before"] += float(ob.sum())
-                objective["after"] += float(oa.sum())
-                objective["pairs"] += int(pu.numel())
                 chunk_t = torch.tensor(chunk, device=device)
+                before.append(res.objective_before[pu, pb].double().cpu())
+                after.append(res.objective_after[pu, pb].double().cpu())
                 with torch.no_grad():
                     for a in range(0, pu.numel(), config.dissect.batch_size):
                         sl = slice(a, a + config.dissect.batch_size)
@@ -245,17 +316,30 @@ def _per_unit(model, layer, probe, corruption: UnitCorruption, base, config, dev
                         pair_images.append(batch.indices[pb[sl]])
                 changed[chunk_t[pu].cpu(), idx[pb.cpu()]] = True
             task.advance(len(batch))
+    pieces = [maps, pair_units, pair_images, before, after]
+    if group is not None:
+        parts = dist.all_gather_objects(pieces, "gathering the units' attacks")
+        pieces = [[t for part in parts for t in part[i]] for i in range(5)]
+        changed = dist.all_sum(changed.to(torch.int64), "gathering poisoned images") > 0
+    maps, pair_units, pair_images, before, after = pieces
     if maps:
-        pairs = torch.cat(maps), torch.cat(pair_units), torch.cat(pair_images)
+        pairs = (torch.cat(maps).to(device), torch.cat(pair_units).to(device),
+                 torch.cat(pair_images).to(device))
     else:
         pairs = (torch.empty(0, 1, 1, device=device), torch.empty(0, dtype=torch.long, device=device),
                  torch.empty(0, dtype=torch.long, device=device))
+    # sums in a fixed order (ascending values), so any split over ranks gives the same bits
+    objective = {"before": float(torch.cat(before).sort().values.sum()) if before else 0.0,
+                 "after": float(torch.cat(after).sort().values.sum()) if after else 0.0,
+                 "pairs": sum(int(t.numel()) for t in before)}
     corrupted, inexact = redissect(clean, probe, changed, *pairs,
                                    units=torch.tensor(attacked), batch_size=config.dissect.batch_size)
     full_units = inexact.nonzero().flatten().tolist()
+    if collect is not None:  # the corrupted side's pairs, for a probe bootstrap
+        collect.update(changed=changed, new=pairs, recomputed=full_units, targets=targets)
     if full_units:
         _recompute_units(model, layer, probe, clean, corrupted, full_units, *pairs, config,
-                         device)
+                         device, collect=collect)
     rows, metrics = compare(clean, corrupted, attacked, targets)
     n_poisoned = changed[attacked].sum(dim=1).float()
     info = {"mode": "per-unit incremental", "attacked_units": len(attacked),
@@ -268,7 +352,8 @@ def _per_unit(model, layer, probe, corruption: UnitCorruption, base, config, dev
 
 
 def _recompute_units(model, layer, probe, clean, corrupted, units, new_maps, new_units,
-                     new_images, config, device, budget_bytes: float = 256 * 2**20):
+                     new_images, config, device, budget_bytes: float = 256 * 2**20,
+                     collect=None):
     """Exact per-unit re-dissection from every activation, for the units whose attack moved
     more of their top values than the clean state kept (typical of strong detectors: their
     concept's images *are* their top activations). One clean forward pass per chunk of units
@@ -303,6 +388,8 @@ def _recompute_units(model, layer, probe, clean, corrupted, units, new_maps, new
                                clean.tally.unit_cat.shape[1], device)
         tally_cached_pairs(full[img, k], cols[k], img, thresholds, probe,
                            config.dissect.batch_size, lab_cat, fresh, device)
+        if collect is not None:
+            collect.setdefault("full", []).append((full[img, k], cols[k], img))
         corrupted.thresholds[cols] = thresholds[cols]
         corrupted.tally.both[cols] = fresh.both[cols]
         corrupted.tally.unit_cat[cols] = fresh.unit_cat[cols]
@@ -324,11 +411,12 @@ def audit(model: torch.nn.Module, layer: str, probe: ProbeDataset,
     device = torch.device(device)
     corruption = bound_corruption(corruption, probe)
     base = clean_run(model, layer, probe, config, device, CleanRunCache(cache_dir), progress)
+    collect: dict | None = {} if config.bootstrap else None
     if getattr(corruption, "shared", True):
         if units is not None:
             validate_units(units, base.dissection.units)
         corrupted, rows, metrics, info = _shared(model, layer, probe, corruption, base, config,
-                                                 device, progress)
+                                                 device, progress, collect)
         if units is not None:
             rows, metrics = compare(base.dissection, corrupted, list(units))
     else:
@@ -337,16 +425,22 @@ def audit(model: torch.nn.Module, layer: str, probe: ProbeDataset,
                             "does not subclass nemaudit.corrupt.base.UnitCorruption, the "
                             "interface per-unit audits call")
         corrupted, rows, metrics, info = _per_unit(model, layer, probe, corruption, base, config,
-                                                   device, units, progress)
+                                                   device, units, progress, collect)
     for k in ("accuracy_clean", "accuracy_corrupted"):
         metrics[k] = info.pop(k, None)
+    boot = None
+    if collect is not None:
+        from nemaudit.audit.netdissect.bootstrap import audit_bootstrap
+
+        boot, info["bootstrap"] = audit_bootstrap(probe, base.dissection, corrupted, collect,
+                                                  [r["unit"] for r in rows], config, device)
     info["seconds"] = round(time.perf_counter() - t0, 3)
     info["probe"] = getattr(probe, "name", "probe")
     info["images"] = len(probe)
     context = {"model": model, "probe": probe, "corruption": corruption, "config": config,
                "device": device, "targets": {r["unit"]: r["target"] for r in rows}}
     return AuditResult(layer, corruption.describe(), rows, metrics, info, base.dissection,
-                       corrupted, context)
+                       corrupted, context, probe_bootstrap=boot)
 
 
 def audit_config(request: AuditRequest, resolved: Resolved) -> AuditConfig:
@@ -357,7 +451,8 @@ def audit_config(request: AuditRequest, resolved: Resolved) -> AuditConfig:
         if request.get(key) is not None:
             kw[key] = request.get(key)
     cap = request.max_units if request.max_units is not None else resolved.max_units
-    return AuditConfig(dissect=DissectConfig(**kw), max_units=cap)
+    return AuditConfig(dissect=DissectConfig(**kw), max_units=cap,
+                       bootstrap=request.get("bootstrap", 0))
 
 
 def run_request(request: AuditRequest, resolved: Resolved) -> AuditResult:

@@ -6,6 +6,9 @@ corruption of the request names the kind and the *largest* budget searched
 (``pgd:eps=8/255,steps=10`` searches ε in [0, 8/255]); its budget key comes from the
 corruption registry (:data:`nemaudit.corrupt.kinds.KINDS`). Properties read like
 ``radius.median >= 4/255`` (or ``method = "radius"`` and ``median >= 4/255``).
+
+The radius of a whole property (the smallest budget at which its expectation fails) is
+:func:`nemaudit.audit.radius.breaking.smallest_breaking_budget` (``nemaudit radius --expect``).
 """
 
 from __future__ import annotations

@@ -17,13 +17,20 @@ from nemaudit.probe.base import ProbeBatch, ProbeDataset, collate
 
 
 def probe_loader(probe: ProbeDataset, batch_size: int = 64,
-                 indices: Sequence[int] | None = None, num_workers: int = 0) -> DataLoader:
-    """A deterministic, in-order loader over the probe (or a subset of it)."""
+                 indices: Sequence[int] | None = None, num_workers: int = 0,
+                 pin_memory: bool = False) -> DataLoader:
+    """A deterministic, in-order loader over the probe (or a subset of it).
+
+    ``num_workers`` > 0 decodes (or renders) images in worker processes, ahead of the
+    forward pass — on a GPU decoding is the bottleneck; the order stays the same, so the
+    result does too. ``pin_memory`` speeds up the copy to a CUDA device."""
     if len(probe) == 0:
         raise ValueError(f"the probe {getattr(probe, 'name', '')!r} has no images")
     data = probe if indices is None else Subset(probe, list(indices))
+    workers = max(0, int(num_workers))
     return DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate,
-                      num_workers=num_workers)
+                      num_workers=workers, pin_memory=pin_memory,
+                      persistent_workers=False, prefetch_factor=4 if workers else None)
 
 
 def check_finite(acts: torch.Tensor, indices: torch.Tensor, layer: str) -> None:
@@ -44,19 +51,25 @@ def check_finite(acts: torch.Tensor, indices: torch.Tensor, layer: str) -> None:
 @torch.no_grad()
 def stream_activations(model: torch.nn.Module, layer: str, loader: DataLoader,
                        device: torch.device, transform: Callable[[ProbeBatch], torch.Tensor]
-                       | None = None) -> Iterator[tuple[ProbeBatch, torch.Tensor]]:
+                       | None = None, outputs: list[torch.Tensor] | None = None
+                       ) -> Iterator[tuple[ProbeBatch, torch.Tensor]]:
     """Yield ``(batch on device, activations [B, U, h, w])`` for every batch of the loader.
 
     ``transform(batch) -> images`` replaces the images before the forward pass (a corruption
-    applied on the fly; the yielded batch then carries the corrupted images)."""
+    applied on the fly; the yielded batch then carries the corrupted images). The pass stops
+    at ``layer``, unless ``outputs`` is a list: then the model runs to its end and each
+    batch's output is appended to it (the predictions of the same corrupted images, without
+    corrupting and running them twice)."""
     model.eval()
-    with LayerRecorder(model, [layer], stop_at_layer=True) as rec:
+    with LayerRecorder(model, [layer], stop_at_layer=outputs is None) as rec:
         for batch in loader:
             batch = batch.to(device)
             if transform is not None:
                 with torch.enable_grad():
                     batch.images = transform(batch)
-            rec.run(batch.images)
+            out = rec.run(batch.images)
+            if outputs is not None:
+                outputs.append(out)
             acts = rec[layer]
             if acts.dim() != 4:
                 raise ActivationError(f"layer {layer!r} outputs shape {tuple(acts.shape)}; "

@@ -133,6 +133,34 @@ class TopQuantile:
         return read_quantile(self.values, self.count, self.level)
 
 
+def merge_across_ranks(quant: TopQuantile) -> TopQuantile:
+    """The state of the whole probe from every rank's state of its shard (exact, as
+    :meth:`TopQuantile.merge`): each rank's top values (and image ids) are gathered, the
+    counts summed, and the top ``capacity`` kept — the same on every rank."""
+    from nemaudit.dist import active, all_gather_rows, all_sum
+
+    if active() is None:
+        return quant
+    values = torch.cat(all_gather_rows(quant.values, -torch.inf, "merging quantile buffers"), 1)
+    ids = None
+    if quant.ids is not None:
+        ids = torch.cat(all_gather_rows(quant.ids, -1, "merging quantile image ids"), 1)
+    count = int(all_sum(torch.tensor([quant.count], dtype=torch.int64), "counting values"))
+    out = TopQuantile(quant.level, quant.n_total, quant.values[:, :0], count, quant.slack)
+    if count > out.n_total:
+        raise ValueError(f"the ranks saw {count} values per unit, more than the declared "
+                         f"{out.n_total}: did two ranks take the same images?")
+    # padding (−inf) never enters the top `capacity` unless a unit has fewer real values,
+    # and then the buffer is read as a full one only once count == n_total values arrived
+    finite = torch.isfinite(values)
+    keep = int(finite.sum(dim=1).min()) if values.numel() else 0
+    out._keep_top(values, ids)
+    if out.values.shape[1] > keep:  # drop padding a rank with fewer values contributed
+        vals, pos = out.values.topk(keep, dim=1, sorted=False)
+        out.values, out.ids = vals, (None if out.ids is None else out.ids.gather(1, pos))
+    return out
+
+
 def read_quantile(top: torch.Tensor, n: int, level: float) -> torch.Tensor:
     """The ``level`` quantile of n values per row, given (at least) each row's largest
     ``buffer_size(n, level)`` values in ``top`` (any order; −inf padding allowed)."""

@@ -16,8 +16,14 @@ from dataclasses import dataclass, field
 import torch
 
 from nemaudit.explain.common.activations import probe_loader, stream_activations
-from nemaudit.explain.common.quantile import TopQuantile, reference_level
-from nemaudit.explain.netdissect.tally import IoUTally, check_label_range, label_tally, tally_pairs
+from nemaudit.explain.common.quantile import TopQuantile, merge_across_ranks, reference_level
+from nemaudit.explain.netdissect.tally import (
+    IoUTally,
+    accumulate,
+    check_label_range,
+    label_tally,
+    tally_pairs,
+)
 from nemaudit.probe.base import ProbeDataset
 from nemaudit.progress import progress_task
 
@@ -34,6 +40,7 @@ class DissectConfig:
     top_k: int = 5
     batch_size: int = 64
     cache_budget_mb: float = 512.0
+    num_workers: int = 0  # DataLoader workers decoding the probe ahead of the forward pass
 
     @property
     def level(self) -> float:
@@ -109,6 +116,63 @@ class DissectState:
     units: torch.Tensor | None  # [P]
     images: torch.Tensor | None  # [P]
     maxes: torch.Tensor | None  # [P]
+    #: every upsampled pixel of a cached pair above its unit's ``cut``, with its labels: the
+    #: pairs' masks at any thresholds ≥ cut, without upsampling or reading labels again
+    #: (:class:`PixelTable`); None when over its budget
+    pixels: PixelTable | None = None
+
+
+@dataclass
+class PixelTable:
+    """The cached pairs' mask pixels at the lowest threshold any re-dissection can read.
+
+    Entry e is a pixel of pair ``pair[e]`` (an index into the state's cached pairs) whose
+    upsampled activation ``value[e]`` exceeds the pair's unit's cut, with the pixel's labels
+    ``labels[e]`` (one per label layer, 0 = none). ``scalars[p]`` are pair p's image-level
+    entries. The mask of pair p at a threshold T ≥ cut is exactly its entries with value > T,
+    so the pair's tally at any such T is :func:`.tally.accumulate` of those entries
+    (:meth:`tally`) — what makes incremental re-dissection cost what the change costs."""
+
+    pair: torch.Tensor  # [E] int64, ascending
+    value: torch.Tensor  # [E] float32
+    labels: torch.Tensor  # [E, L] int32
+    scalars: torch.Tensor  # [P, S] int64
+    offsets: torch.Tensor  # [P + 1]: pair p's entries are offsets[p]:offsets[p + 1]
+
+    def to_dict(self) -> dict:
+        return {"pair": self.pair, "value": self.value, "labels": self.labels,
+                "scalars": self.scalars, "offsets": self.offsets}
+
+    def to(self, device: torch.device | str) -> PixelTable:
+        return PixelTable(*(t.to(device) for t in (self.pair, self.value, self.labels,
+                                                   self.scalars, self.offsets)))
+
+    def entries(self, idx: torch.Tensor) -> torch.Tensor:
+        """Positions of the entries of pairs ``idx`` (their runs, concatenated): the work is
+        proportional to those entries, not to the table."""
+        start, stop = self.offsets[idx], self.offsets[idx + 1]
+        sizes = stop - start
+        total = int(sizes.sum())
+        if total == 0:
+            return torch.empty(0, dtype=torch.int64, device=idx.device)
+        base = torch.repeat_interleave(start - (torch.cumsum(sizes, 0) - sizes), sizes)
+        return base + torch.arange(total, device=idx.device)
+
+    def tally(self, select: torch.Tensor, units: torch.Tensor, thresholds: torch.Tensor,
+              label_category: torch.Tensor, out: IoUTally) -> None:
+        """Add the contributions of the pairs ``select`` (bool ``[P]``; pair p is unit
+        ``units[p]``'s) at ``thresholds`` to ``out``."""
+        idx = select.nonzero().flatten()
+        if idx.numel() == 0:
+            return
+        e = self.entries(idx)
+        pairs = self.pair[e]
+        keep = self.value[e] > thresholds[units[pairs]]
+        e, pairs = e[keep], pairs[keep]
+        f = torch.searchsorted(idx, pairs)  # position of each entry's pair within idx
+        count = torch.bincount(f, minlength=idx.numel())
+        accumulate(out, units[idx], count, f, self.labels[e], self.scalars[idx],
+                   label_category)
 
 
 @dataclass
@@ -144,9 +208,7 @@ class Dissection:
     def best(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(label id [U], IoU [U])``; id 0 for units whose best IoU is 0 (never fire on a
         labelled pixel)."""
-        vals, idx = self.ranking()
-        best_iou, best = vals[:, 0], idx[:, 0]
-        return torch.where(best_iou > 0, best, torch.zeros_like(best)), best_iou
+        return best_concepts(self.iou().cpu())
 
     def rows(self) -> list[dict]:
         """One JSON-ready row per unit: label, category, IoU and the top-k concepts."""
@@ -188,6 +250,14 @@ class Dissection:
                 "detectors": self.detectors(), "units": self.rows()}
 
 
+def best_concepts(iou: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(label id, IoU)`` of the best concept along the last axis of ``iou [..., C]``: ties
+    to the lower concept id (the first of :meth:`Dissection.ranking`'s stable sort), id 0
+    where the best IoU is 0. Leading axes are kept (``[B, U]`` for resampled probes)."""
+    best_iou, best = iou.max(dim=-1)  # the first maximal index: the lower id
+    return torch.where(best_iou > 0, best, torch.zeros_like(best)), best_iou
+
+
 def label_category(concepts: list, categories: list[str]) -> torch.Tensor:
     """Category index of each concept id (−1 for the placeholder id 0)."""
     pos = {c: i for i, c in enumerate(categories)}
@@ -197,58 +267,168 @@ def label_category(concepts: list, categories: list[str]) -> torch.Tensor:
 def dissect(model: torch.nn.Module, layer: str, probe: ProbeDataset,
             config: DissectConfig | None = None, device: torch.device | str = "cpu",
             progress: bool = False, transform=None, keep_state: bool = False,
-            slack: float = 2.0) -> Dissection:
+            slack: float = 2.0, distributed: bool = True) -> Dissection:
     """Dissect ``layer`` of ``model`` (which takes [0, 1] images) on ``probe``.
 
     ``transform(batch) -> images`` corrupts each batch on the fly (nothing is saved);
     ``keep_state`` keeps what :func:`nemaudit.explain.netdissect.incremental.redissect` needs, with
     ``slack``× the quantile buffer.
+
+    In a process group (:mod:`nemaudit.dist`, ``distributed=True``) each rank dissects its
+    shard of whole batches; the quantile state is merged and the tallies summed, so every
+    rank returns the single-process result (with ``keep_state``, every rank holds the whole
+    state: the candidate maps are gathered).
     """
+    from nemaudit import dist
+
     config = config or DissectConfig()
     device = torch.device(device)
+    group = dist.active() if distributed else None
     categories = probe.categories
     lab_cat = label_category(probe.concepts, categories).to(device)
     n_concepts = probe.num_concepts
-    loader = probe_loader(probe, config.batch_size)
+    shard = None if group is None else dist.shard_batches(len(probe), config.batch_size,
+                                                          group.rank, group.world)
+    loader = probe_loader(probe, config.batch_size, indices=shard,
+                          num_workers=config.num_workers, pin_memory=device.type == "cuda")
     quant: TopQuantile | None = None
     label_counts = torch.zeros(n_concepts, dtype=torch.int64, device=device)
     cache = CandidateCache(config.cache_budget_mb * 2**20, device)
-    with progress_task(f"dissect {layer}", len(probe), progress) as task:
+    total = len(probe) if shard is None else len(shard)
+    with progress_task(f"dissect {layer}", total, progress) as task:
         for batch, acts in stream_activations(model, layer, loader, device, transform):
             check_label_range(batch.pixel_labels, batch.image_labels, n_concepts, batch.indices,
                               len(categories))
             if quant is None:
-                quant = TopQuantile.empty(acts.shape[1], len(probe) * acts[0, 0].numel(),
-                                          config.level, device, slack=slack if keep_state else 1.0,
-                                          track_ids=keep_state)
+                quant = _empty_quantile(acts.shape[1], len(probe) * acts[0, 0].numel(), config,
+                                        device, slack, keep_state)
             quant.update(acts, batch.indices)
             label_counts += label_tally(batch.pixel_labels, batch.image_labels, n_concepts)
             cache.add(acts, batch.indices, quant.lower_bound())
             task.advance(len(batch))
+    if group is not None:
+        if quant is None:  # a rank with no batch of its own (a probe smaller than the group)
+            shape = _layer_shape(model, layer, probe, device)
+            quant = _empty_quantile(shape[0], len(probe) * shape[1] * shape[2], config, device,
+                                    slack, keep_state)
+        quant = merge_across_ranks(quant)
+        dist.all_sum(label_counts, "summing label areas")
+        cache.overflow = bool(dist.all_max(int(cache.overflow), "agreeing on the cache"))
+    assert quant is not None
     thresholds = quant.readout()
     tally = IoUTally.zeros(thresholds.shape[0], n_concepts, len(categories), device)
-    tally.label = label_counts
     tally.images = len(probe)
     state = None
     if not cache.overflow:
         cut = quant.lower_bound()
         cache.prune(cut)
         maps, units, images, maxes = cache.tensors()
-        if keep_state:
-            state = DissectState(quant, cut, maps, units, images, maxes)  # type: ignore[arg-type]
         fire = maxes > thresholds[units]
         tally_cached_pairs(maps[fire], units[fire], images[fire], thresholds, probe,
                            config.batch_size, lab_cat, tally, device)
+        if keep_state:
+            if group is not None:
+                maps, units, images, maxes = _gather_pairs(maps, units, images, maxes, device)
+            state = DissectState(quant, cut, maps, units, images, maxes,  # type: ignore[arg-type]
+                                 pixel_table(maps, units, images, cut, probe,
+                                             config.batch_size, device,
+                                             config.cache_budget_mb * 2**20 / 2))
     else:
         if keep_state:
             state = DissectState(quant, quant.lower_bound(), None, None, None, None)  # type: ignore[arg-type]
-        with progress_task(f"tally {layer} (2nd pass)", len(probe), progress) as task:
+        with progress_task(f"tally {layer} (2nd pass)", total, progress) as task:
             for batch, acts in stream_activations(model, layer, loader, device, transform):
                 tally_batch(acts, batch.pixel_labels, batch.image_labels, thresholds, lab_cat, tally)
                 task.advance(len(batch))
+    tally.sum_across_ranks()
+    tally.label = label_counts
+    meta = {"probe": getattr(probe, "name", "probe"), "images": len(probe),
+            "cache_overflow": cache.overflow}
+    if group is not None:
+        meta["ranks"] = group.world
     return Dissection(layer, thresholds, tally, list(probe.concepts), categories, config,
-                      meta={"probe": getattr(probe, "name", "probe"), "images": len(probe),
-                            "cache_overflow": cache.overflow}, state=state)
+                      meta=meta, state=state)
+
+
+def pixel_table(maps: torch.Tensor, units: torch.Tensor, images: torch.Tensor,
+                cut: torch.Tensor, probe: ProbeDataset, batch_size: int, device: torch.device,
+                budget_bytes: float, chunk: int = 2048) -> PixelTable | None:
+    """The :class:`PixelTable` of cached pairs (maps of ``units`` on ``images``): one
+    upsampling and one label read per pair, done once with the clean run. None when it
+    would exceed ``budget_bytes``."""
+    from nemaudit.explain.common.masks import upsample
+
+    size = tuple(probe.seg_size)
+    p_all = maps.shape[0]
+    order = torch.argsort(images, stable=True)
+    pairs, values, labels, scal_rows, scal = [], [], [], [], []
+    total = 0
+    if p_all:
+        sorted_images = images[order]
+        wanted = torch.unique(sorted_images).cpu()
+        for batch in probe_loader(probe, batch_size, indices=wanted.tolist()):
+            batch = batch.to(device)
+            lo = int(torch.searchsorted(sorted_images, batch.indices[0]))
+            hi = int(torch.searchsorted(sorted_images, batch.indices[-1], right=True))
+            for a in range(lo, hi, chunk):
+                sel = order[a:min(hi, a + chunk)]
+                row = torch.searchsorted(batch.indices, images[sel])
+                up = upsample(maps[sel], size)  # type: ignore[arg-type]
+                f, i, j = (up > cut[units[sel]][:, None, None]).nonzero(as_tuple=True)
+                lab = batch.pixel_labels[row[f], :, i, j].to(torch.int32)
+                total += f.numel() * (12 + 4 * lab.shape[1])
+                if total > budget_bytes:
+                    return None
+                pairs.append(sel[f])
+                values.append(up[f, i, j])
+                labels.append(lab)
+                scal_rows.append(sel)
+                scal.append(batch.image_labels[row])
+    n_layers = max((t.shape[1] for t in labels), default=0)
+    n_scal = max((t.shape[1] for t in scal), default=0)
+    pad = lambda t, w: torch.nn.functional.pad(t, (0, w - t.shape[1]))  # noqa: E731
+    scalars = torch.zeros(p_all, n_scal, dtype=torch.int64, device=device)
+    for rows, t in zip(scal_rows, scal):
+        scalars[rows] = pad(t, n_scal)
+    if not pairs:
+        return PixelTable(torch.empty(0, dtype=torch.int64, device=device),
+                          torch.empty(0, device=device),
+                          torch.empty(0, n_layers, dtype=torch.int32, device=device), scalars,
+                          torch.zeros(p_all + 1, dtype=torch.int64, device=device))
+    pair = torch.cat(pairs)
+    by_pair = torch.argsort(pair, stable=True)
+    offsets = torch.zeros(p_all + 1, dtype=torch.int64, device=device)
+    offsets[1:] = torch.cumsum(torch.bincount(pair, minlength=p_all), 0)
+    return PixelTable(pair[by_pair], torch.cat(values)[by_pair],
+                      torch.cat([pad(t, n_layers) for t in labels])[by_pair], scalars, offsets)
+
+
+def _empty_quantile(units: int, n_total: int, config: DissectConfig, device: torch.device,
+                    slack: float, keep_state: bool) -> TopQuantile:
+    return TopQuantile.empty(units, n_total, config.level, device,
+                             slack=slack if keep_state else 1.0, track_ids=keep_state)
+
+
+def _layer_shape(model: torch.nn.Module, layer: str, probe: ProbeDataset,
+                 device: torch.device) -> tuple[int, int, int]:
+    """(units, h, w) of ``layer`` from one probe image (for a rank without a shard)."""
+    loader = probe_loader(probe, 1, indices=[0])
+    for _, acts in stream_activations(model, layer, loader, device):
+        return int(acts.shape[1]), int(acts.shape[2]), int(acts.shape[3])
+    raise ValueError("the probe has no images")
+
+
+def _gather_pairs(maps: torch.Tensor, units: torch.Tensor, images: torch.Tensor,
+                  maxes: torch.Tensor, device: torch.device
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every rank's candidate (image, unit) maps, so each rank holds the whole state."""
+    from nemaudit import dist
+
+    parts = dist.all_gather_objects((maps, units, images, maxes), "gathering candidate maps")
+    maps = torch.cat([p[0].reshape(-1, *p[0].shape[1:]) for p in parts if p[0].shape[0]]
+                     or [maps]).to(device)
+    units, images, maxes = (torch.cat([p[i] for p in parts]).to(device) for i in (1, 2, 3))
+    return maps, units, images, maxes
 
 
 def tally_batch(acts: torch.Tensor, pixel_labels: torch.Tensor, image_labels: torch.Tensor,
@@ -262,18 +442,33 @@ def tally_cached_pairs(maps: torch.Tensor, units: torch.Tensor, images: torch.Te
                        thresholds: torch.Tensor, probe: ProbeDataset, batch_size: int,
                        lab_cat: torch.Tensor, tally: IoUTally, device: torch.device) -> None:
     """Tally stored (image, unit) maps, reading the labels of just the images involved."""
-    if maps.shape[0] == 0:
+    tally_cached_groups([(maps, units, images, thresholds, tally)], probe, batch_size, lab_cat,
+                        device)
+
+
+def tally_cached_groups(groups: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                           torch.Tensor, IoUTally]],
+                        probe: ProbeDataset, batch_size: int, lab_cat: torch.Tensor,
+                        device: torch.device) -> None:
+    """Several :func:`tally_cached_pairs` (each ``(maps, units, images, thresholds, out)``)
+    reading every involved image's labels once."""
+    groups = [g for g in groups if g[0].shape[0]]
+    if not groups:
         return
-    order = torch.argsort(images, stable=True)
-    maps, units, images = maps[order], units[order], images[order]
-    wanted = torch.unique(images).cpu()
+    sorted_groups = []
+    for maps, units, images, thresholds, out in groups:
+        order = torch.argsort(images, stable=True)
+        sorted_groups.append((maps[order], units[order], images[order], thresholds, out))
+    wanted = torch.unique(torch.cat([g[2] for g in sorted_groups])).cpu()
     for batch in probe_loader(probe, batch_size, indices=wanted.tolist()):
         batch = batch.to(device)
-        lo = torch.searchsorted(images, batch.indices[0])
-        hi = torch.searchsorted(images, batch.indices[-1], right=True)
-        row = torch.searchsorted(batch.indices, images[lo:hi])
-        tally_pairs(maps[lo:hi], units[lo:hi], row, thresholds, batch.pixel_labels,
-                    batch.image_labels, lab_cat, tally)
+        for maps, units, images, thresholds, out in sorted_groups:
+            lo = torch.searchsorted(images, batch.indices[0])
+            hi = torch.searchsorted(images, batch.indices[-1], right=True)
+            if hi > lo:
+                row = torch.searchsorted(batch.indices, images[lo:hi])
+                tally_pairs(maps[lo:hi], units[lo:hi], row, thresholds, batch.pixel_labels,
+                            batch.image_labels, lab_cat, out)
 
 
 def dissect_tensors(acts: torch.Tensor, pixel_labels: torch.Tensor, image_labels: torch.Tensor,

@@ -86,23 +86,91 @@ def redissect(clean: Dissection, probe: ProbeDataset, changed: torch.Tensor,
     ok = todo & exact
     thresholds = torch.where(ok, new_t, clean.thresholds)
 
-    # 2. masks: cached clean maps of unchanged images + new maps, at the new thresholds
-    c_keep = ok[st.units] & ~changed[st.units, st.images] & (st.maxes > thresholds[st.units])  # type: ignore[operator]
-    n_keep = ok[new_units] & (new_maps.amax(dim=(1, 2)) > thresholds[new_units])
-    maps = torch.cat([st.maps[c_keep], new_maps[n_keep]])
-    pair_units = torch.cat([st.units[c_keep], new_units[n_keep]])
-    pair_images = torch.cat([st.images[c_keep], new_images[n_keep]])
-    fresh = IoUTally.zeros(n_units, clean.tally.both.shape[1], clean.tally.unit_cat.shape[1],
-                           device)
-    tally_cached_pairs(maps, pair_units, pair_images, thresholds, probe, batch_size,
-                       clean.label_category().to(device), fresh, device)
-    keep_rows = ~ok
-    tally = IoUTally(
-        both=torch.where(keep_rows[:, None], clean.tally.both, fresh.both),
-        unit_cat=torch.where(keep_rows[:, None], clean.tally.unit_cat, fresh.unit_cat),
-        unit_pixels=torch.where(keep_rows, clean.tally.unit_pixels, fresh.unit_pixels),
-        label=clean.tally.label.clone(), images=clean.tally.images)
+    # 2. the tally at the new thresholds
+    if st.pixels is not None:
+        tally = _delta_tally(clean, probe, changed, ok, thresholds, new_maps, new_units,
+                             new_images, batch_size)
+    else:
+        tally = _full_tally(clean, probe, changed, ok, thresholds, new_maps, new_units,
+                            new_images, batch_size)
     meta = dict(clean.meta, incremental=True,
                 inexact_units=(todo & ~exact).nonzero().flatten().tolist())
     return dataclasses.replace(clean, thresholds=thresholds, tally=tally, meta=meta,
                                state=None), todo & ~exact
+
+
+def _cat_maps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Stack two sets of maps; an empty set may carry a placeholder shape ``[0, 1, 1]``."""
+    if b.shape[0] == 0:
+        return a
+    if a.shape[0] == 0:
+        return b
+    return torch.cat([a, b])
+
+
+def _full_tally(clean: Dissection, probe: ProbeDataset, changed: torch.Tensor, ok: torch.Tensor,
+                thresholds: torch.Tensor, new_maps: torch.Tensor, new_units: torch.Tensor,
+                new_images: torch.Tensor, batch_size: int) -> IoUTally:
+    """Masks of every cached clean pair of unchanged images plus the new maps, at the new
+    thresholds (rows of units not ``ok`` stay the clean ones)."""
+    st = clean.state
+    assert st is not None and st.maps is not None
+    device = clean.thresholds.device
+    c_keep = ok[st.units] & ~changed[st.units, st.images] & (st.maxes > thresholds[st.units])  # type: ignore[operator, index]
+    n_keep = ok[new_units] & (new_maps.amax(dim=(1, 2)) > thresholds[new_units])
+    maps = _cat_maps(st.maps[c_keep], new_maps[n_keep])
+    pair_units = torch.cat([st.units[c_keep], new_units[n_keep]])  # type: ignore[index]
+    pair_images = torch.cat([st.images[c_keep], new_images[n_keep]])  # type: ignore[index]
+    fresh = IoUTally.zeros(clean.units, clean.tally.both.shape[1], clean.tally.unit_cat.shape[1],
+                           device)
+    tally_cached_pairs(maps, pair_units, pair_images, thresholds, probe, batch_size,
+                       clean.label_category().to(device), fresh, device)
+    keep_rows = ~ok
+    return IoUTally(
+        both=torch.where(keep_rows[:, None], clean.tally.both, fresh.both),
+        unit_cat=torch.where(keep_rows[:, None], clean.tally.unit_cat, fresh.unit_cat),
+        unit_pixels=torch.where(keep_rows, clean.tally.unit_pixels, fresh.unit_pixels),
+        label=clean.tally.label.clone(), images=clean.tally.images)
+
+
+def _delta_tally(clean: Dissection, probe: ProbeDataset, changed: torch.Tensor, ok: torch.Tensor,
+                 thresholds: torch.Tensor, new_maps: torch.Tensor, new_units: torch.Tensor,
+                 new_images: torch.Tensor, batch_size: int) -> IoUTally:
+    """The clean tally, corrected only where it can differ (exact: every field is a sum of
+    independent per-(image, unit) contributions):
+
+    - a changed image's pair: its clean contribution at T0 out, its new one at T1 in;
+    - an unchanged image's pair of a unit whose threshold moved T0 → T1: its mask differs
+      only at pixels with a value between T0 and T1, so only pairs with such a pixel are
+      re-tallied, T0 out, T1 in — from the state's :class:`PixelTable`, so without
+      upsampling or reading their labels again;
+    - every other pair has the same mask, hence the same contribution.
+
+    The work grows with the changed images and the pixels near a threshold, not the probe.
+    """
+    st = clean.state
+    assert st is not None and st.maps is not None and st.pixels is not None
+    device = clean.thresholds.device
+    t0 = clean.thresholds
+    lab_cat = clean.label_category().to(device)
+    cu, ci = st.units, st.images
+    assert cu is not None and ci is not None and st.maxes is not None
+    table = st.pixels
+    changed_pair = changed[cu, ci]
+    moved = ok & (thresholds != t0)
+    lo, hi = torch.minimum(t0, thresholds), torch.maximum(t0, thresholds)
+    pu = cu[table.pair]
+    in_band = moved[pu] & (table.value > lo[pu]) & (table.value <= hi[pu]) \
+        & ~changed_pair[table.pair]
+    band = torch.zeros(cu.shape[0], dtype=torch.bool, device=device)
+    band[table.pair[in_band]] = True
+    shape = (clean.units, clean.tally.both.shape[1], clean.tally.unit_cat.shape[1])
+    minus, plus = IoUTally.zeros(*shape, device), IoUTally.zeros(*shape, device)  # type: ignore[arg-type, misc]
+    table.tally((ok[cu] & changed_pair) | band, cu, t0, lab_cat, minus)
+    table.tally(band, cu, thresholds, lab_cat, plus)
+    n_keep = ok[new_units] & (new_maps.amax(dim=(1, 2)) > thresholds[new_units])
+    tally_cached_pairs(new_maps[n_keep], new_units[n_keep], new_images[n_keep], thresholds,
+                       probe, batch_size, lab_cat, plus, device)
+    out = clean.tally + plus - minus
+    out.label, out.images = clean.tally.label.clone(), clean.tally.images
+    return out

@@ -50,15 +50,26 @@ class IoUTally:
 
     def iou(self, label_category: torch.Tensor) -> torch.Tensor:
         """``[U, C]`` float64 IoU; ``label_category[c]`` is c's category index (−1 for id 0).
-        Concept 0 ("no label") always scores 0."""
+        Concept 0 ("no label") always scores 0. Fields with a leading batch dimension
+        (``both [B, U, C]``, ``label [B, C]``: re-weighted probes) give ``[B, U, C]``."""
         cat = label_category.clamp(min=0).to(self.unit_cat.device)
-        union = self.unit_cat[:, cat] + self.label[None, :] - self.both
+        union = self.unit_cat[..., cat] + self.label[..., None, :] - self.both
         iou = self.both.double() / union.clamp(min=1).double()
-        iou[:, label_category < 0] = 0.0
+        iou[..., label_category < 0] = 0.0
         return iou
 
     def state_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def sum_across_ranks(self) -> IoUTally:
+        """Add every rank's tally of its shard in place (exact: the fields are integer
+        sums over images); ``images`` is left as set by the caller (the whole probe)."""
+        from nemaudit.dist import active, all_sum
+
+        if active() is not None:
+            for name in ("both", "unit_cat", "unit_pixels"):
+                all_sum(getattr(self, name), f"summing the IoU tally ({name})")
+        return self
 
 
 def label_tally(pixel_labels: torch.Tensor, image_labels: torch.Tensor, concepts: int) -> torch.Tensor:
@@ -102,37 +113,45 @@ def tally_pairs(maps: torch.Tensor, pair_unit: torch.Tensor, pair_row: torch.Ten
     bounds the memory of the upsampled masks.
     """
     size = tuple(pixel_labels.shape[-2:])
-    concepts = out.both.shape[1]
-    cats = out.unit_cat.shape[1]
-    both_flat = out.both.view(-1)
     for s in range(0, maps.shape[0], chunk):
         m = unit_masks(maps[s:s + chunk], thresholds[pair_unit[s:s + chunk]], size)  # type: ignore[arg-type]
         unit, row = pair_unit[s:s + chunk], pair_row[s:s + chunk]
-        count = m.sum(dim=(1, 2))
-        out.unit_pixels.index_add_(0, unit, count)
-        present = torch.zeros(m.shape[0], cats + 1, dtype=torch.bool, device=m.device)
         f, i, j = m.nonzero(as_tuple=True)
-        if f.numel() and pixel_labels.shape[1]:
-            lab = pixel_labels[row[f], :, i, j]  # [nnz, L]
-            ff = f[:, None].expand_as(lab)
-            keep = lab > 0
-            lab, ff = lab[keep], ff[keep]
-            both_flat.index_add_(0, unit[ff] * concepts + lab,
-                                 torch.ones_like(lab))
-            present[ff, label_category[lab]] = True
-        if image_labels.shape[1]:
-            sc = image_labels[row]  # [F, S]
-            keep = (sc > 0) & (count[:, None] > 0)
-            fs = torch.arange(sc.shape[0], device=sc.device)[:, None].expand_as(sc)[keep]
-            sc = sc[keep]
-            both_flat.index_add_(0, unit[fs] * concepts + sc, count[fs])
-            present[fs, label_category[sc]] = True
-            # an entry −k−1 says "this image has a category-k label, but a nameless one" (the
-            # reference's reading of Broden's scene cells of 0): the mask then enters the
-            # union of category k's concepts without scoring any label
-            flags = image_labels[row]
-            keep = (flags < 0) & (count[:, None] > 0)
-            if keep.any():
-                fs = torch.arange(flags.shape[0], device=flags.device)[:, None].expand_as(flags)
-                present[fs[keep], -flags[keep] - 1] = True
-        out.unit_cat.index_add_(0, unit, present[:, :cats].long() * count[:, None])
+        lab = pixel_labels[row[f], :, i, j] if pixel_labels.shape[1] else None  # [nnz, L]
+        accumulate(out, unit, m.sum(dim=(1, 2)), f, lab, image_labels[row], label_category)
+
+
+def accumulate(out: IoUTally, unit: torch.Tensor, count: torch.Tensor, f: torch.Tensor,
+               lab: torch.Tensor | None, image_labels: torch.Tensor,
+               label_category: torch.Tensor) -> None:
+    """Add F pairs' contributions to ``out``, given their masks as pixel lists: pair ``f[n]``
+    holds mask pixel n, whose labels (one per label layer, 0 = none) are ``lab[n]``;
+    ``count[F]`` are the mask sizes and ``image_labels[F, S]`` the pairs' image-level
+    entries. The one place the IoU tally's rule is written (DESIGN.md, "Facts")."""
+    concepts = out.both.shape[1]
+    cats = out.unit_cat.shape[1]
+    both_flat = out.both.view(-1)
+    out.unit_pixels.index_add_(0, unit, count)
+    present = torch.zeros(unit.shape[0], cats + 1, dtype=torch.bool, device=unit.device)
+    if f.numel() and lab is not None and lab.shape[1]:
+        ff = f[:, None].expand_as(lab)
+        keep = lab > 0
+        lab, ff = lab[keep].long(), ff[keep]
+        both_flat.index_add_(0, unit[ff] * concepts + lab, torch.ones_like(lab))
+        present[ff, label_category[lab]] = True
+    if image_labels.shape[1]:
+        sc = image_labels
+        keep = (sc > 0) & (count[:, None] > 0)
+        fs = torch.arange(sc.shape[0], device=sc.device)[:, None].expand_as(sc)[keep]
+        sc = sc[keep]
+        both_flat.index_add_(0, unit[fs] * concepts + sc, count[fs])
+        present[fs, label_category[sc]] = True
+        # an entry −k−1 says "this image has a category-k label, but a nameless one" (the
+        # reference's reading of Broden's scene cells of 0): the mask then enters the
+        # union of category k's concepts without scoring any label
+        flags = image_labels
+        keep = (flags < 0) & (count[:, None] > 0)
+        if keep.any():
+            fs = torch.arange(flags.shape[0], device=flags.device)[:, None].expand_as(flags)
+            present[fs[keep], -flags[keep] - 1] = True
+    out.unit_cat.index_add_(0, unit, present[:, :cats].long() * count[:, None])

@@ -1,0 +1,89 @@
+"""One rank of a distributed test run (started by tests/test_distributed.py with the
+launcher's environment: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT).
+
+    python -m tests.dist_worker JOB OUT_DIR
+
+Each rank writes ``OUT_DIR/rank<R>.pt`` with what it computed; the test compares every
+rank's result with a single-process run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+
+def _setup():
+    from nemaudit.model.load import load_model
+    from nemaudit.probe.synthetic import SyntheticProbe
+
+    torch.manual_seed(0)
+    model = load_model("nemaudit:conceptnet", device="cpu")
+    probe = SyntheticProbe(int(os.environ.get("NEMAUDIT_TEST_N", "70")), seed=0)
+    return model, probe
+
+
+def job_dissect(keep_state: bool) -> dict:
+    from nemaudit.explain.netdissect import DissectConfig, dissect
+
+    model, probe = _setup()
+    d = dissect(model, "layer2", probe, DissectConfig(batch_size=16), keep_state=keep_state)
+    out = {"thresholds": d.thresholds, "tally": d.tally.state_dict(), "images": d.tally.images,
+           "rows": d.rows()}
+    if keep_state and d.state is not None:
+        st = d.state
+        order = torch.argsort(st.images * 10_000 + st.units)
+        out["state"] = {"cut": st.cut, "maps": st.maps[order], "units": st.units[order],
+                        "images": st.images[order],
+                        "quant": torch.sort(st.quant.values, dim=1).values,
+                        "count": st.quant.count}
+    return out
+
+
+def job_audit(corruption: str) -> dict:
+    from nemaudit.audit.netdissect.run import AuditConfig, audit
+    from nemaudit.explain.netdissect import DissectConfig
+
+    model, probe = _setup()
+    r = audit(model, "layer2", probe, corruption,
+              AuditConfig(dissect=DissectConfig(batch_size=16), unit_chunk=4, max_units=6))
+    return {"rows": r.rows, "metrics": r.metrics,
+            "thresholds": r.corrupted.thresholds, "tally": r.corrupted.tally.state_dict()}
+
+
+def job_fail(mode: str) -> dict:
+    """Rank 1 raises (or is killed) before the first collective; the others wait in it."""
+    from nemaudit import dist
+
+    if dist.active().rank == 1:  # type: ignore[union-attr]
+        if mode == "kill":
+            os._exit(9)
+        raise ValueError("rank one's own problem: probe image 7 is unreadable")
+    return job_dissect(False)
+
+
+def main() -> int:
+    from nemaudit import dist
+
+    job, out_dir = sys.argv[1], sys.argv[2]
+    dist.init_from_env("gloo")
+    rank = 0 if dist.active() is None else dist.active().rank  # type: ignore[union-attr]
+    try:
+        name, _, arg = job.partition(":")
+        res = {"dissect": lambda: job_dissect(arg == "state"),
+               "audit": lambda: job_audit(arg),
+               "fail": lambda: job_fail(arg)}[name]()
+    except Exception as e:
+        dist.report_failure(e)
+        with open(os.path.join(out_dir, f"rank{rank}.err"), "w") as f:
+            f.write(f"{type(e).__name__}: {e}")
+        return 1
+    torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

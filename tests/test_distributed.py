@@ -1,0 +1,154 @@
+"""Sharded runs on torch.distributed (gloo, 2–3 CPU processes) give the single-process
+result exactly, and a failed or killed rank fails the run with its own error, never a hang."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from nemaudit import dist
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(job: str, world: int, out: Path, timeout: float = 20.0, n: int = 70
+           ) -> list[subprocess.CompletedProcess]:
+    """Start ``world`` ranks of tests/dist_worker.py as torchrun would (env vars)."""
+    out.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    procs = []
+    for rank in range(world):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
+                   NEMAUDIT_DIST_TIMEOUT=str(timeout), NEMAUDIT_TEST_N=str(n),
+                   PYTHONPATH=str(ROOT))
+        procs.append(subprocess.Popen([sys.executable, "-m", "tests.dist_worker", job, str(out)],
+                                      cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    done = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=timeout + 120)
+        done.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
+    return done
+
+
+def single(job: str, out: Path, n: int = 70) -> dict:
+    """The same job in one process (world size 1: no group)."""
+    res = launch(job, 1, out, n=n)
+    assert res[0].returncode == 0, res[0].stderr
+    return torch.load(out / "rank0.pt", weights_only=False)
+
+
+def _equal(a, b, path=""):
+    if torch.is_tensor(a):
+        assert torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _equal(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _equal(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+def test_launched_reads_world_size(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert dist.launched()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert not dist.launched()
+    assert dist.init_from_env() is None  # one process: no group, nothing to join
+
+
+def test_shard_batches_partition_the_probe_in_whole_batches():
+    n, b = 70, 16
+    for world in (1, 2, 3, 5, 8):
+        shards = [dist.shard_batches(n, b, r, world) for r in range(world)]
+        assert sorted(i for s in shards for i in s) == list(range(n))
+        for s in shards:  # every batch a rank runs is a batch of the one-process order
+            for k in range(0, len(s), b):
+                chunk = s[k:k + b]
+                assert chunk[0] % b == 0 and chunk == list(range(chunk[0], chunk[0] + len(chunk)))
+    assert dist.shard_batches(70, 16, 1, 2) == list(range(16, 32)) + list(range(48, 64))
+
+
+def test_shard_items_deals_blocks_round_robin():
+    assert dist.shard_items(list(range(10)), 1, 3, block=2) == [2, 3, 8, 9]
+    assert [dist.shard_items("abcde", r, 2) for r in (0, 1)] == [list("ace"), list("bd")]
+
+
+def test_timeout_env_is_checked(monkeypatch):
+    monkeypatch.setenv("NEMAUDIT_DIST_TIMEOUT", "soon")
+    with pytest.raises(Exception, match="NEMAUDIT_DIST_TIMEOUT"):
+        dist.timeout_from_env()
+    monkeypatch.setenv("NEMAUDIT_DIST_TIMEOUT", "12.5")
+    assert dist.timeout_from_env() == 12.5
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_dissection_equals_single_process(tmp_path, world):
+    ref = single("dissect:state", tmp_path / "one")
+    out = tmp_path / "many"
+    res = launch("dissect:state", world, out)
+    assert all(r.returncode == 0 for r in res), [r.stderr[-2000:] for r in res]
+    for rank in range(world):
+        got = torch.load(out / f"rank{rank}.pt", weights_only=False)
+        _equal(ref, got, f"rank{rank}")
+
+
+def test_a_rank_without_images_still_takes_part(tmp_path):
+    """A probe of one batch over three ranks: ranks 1 and 2 have no shard."""
+    ref = single("dissect:", tmp_path / "one", n=10)
+    out = tmp_path / "many"
+    res = launch("dissect:", 3, out, n=10)
+    assert all(r.returncode == 0 for r in res), [r.stderr[-2000:] for r in res]
+    for rank in range(3):
+        _equal(ref, torch.load(out / f"rank{rank}.pt", weights_only=False), f"rank{rank}")
+
+
+@pytest.mark.parametrize("corruption", ["gaussian:std=0.05,fraction=0.2,seed=1",
+                                        "pgd:eps=0.0156863,steps=3,seed=0"])
+def test_sharded_audit_equals_single_process(tmp_path, corruption):
+    job = f"audit:{corruption}"
+    ref = single(job, tmp_path / "one")
+    out = tmp_path / "many"
+    res = launch(job, 2, out)
+    assert all(r.returncode == 0 for r in res), [r.stderr[-2000:] for r in res]
+    for rank in range(2):
+        _equal(ref, torch.load(out / f"rank{rank}.pt", weights_only=False), f"rank{rank}")
+
+
+def test_a_failing_rank_fails_the_others_with_its_error(tmp_path):
+    t0 = time.monotonic()
+    res = launch("fail:raise", 2, tmp_path, timeout=8.0)
+    assert time.monotonic() - t0 < 60
+    assert res[1].returncode == 1
+    err = (tmp_path / "rank0.err").read_text()
+    assert "DistributedError" in err and "rank 1 failed" in err
+    assert "probe image 7 is unreadable" in err
+
+
+def test_a_killed_rank_fails_the_run_within_the_timeout(tmp_path):
+    t0 = time.monotonic()
+    res = launch("fail:kill", 3, tmp_path, timeout=8.0)
+    assert time.monotonic() - t0 < 60
+    assert res[1].returncode == 9
+    for rank in (0, 2):
+        assert res[rank].returncode == 1
+        err = (tmp_path / f"rank{rank}.err").read_text()
+        assert "DistributedError" in err and "died or did not arrive" in err
