@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nemaudit.explain.common.activations import probe_loader, stream_activations
 from nemaudit.explain.netdissect import DissectConfig, dissect
@@ -167,3 +169,23 @@ def test_delta_and_full_retally_agree():
     full, _ = redissect(no_above, probe, changed, *pairs)
     assert_same(delta, full)
     assert not torch.equal(delta.thresholds, clean.thresholds)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(-1e6, 1e6, width=32), min_size=2, max_size=30),
+       st.lists(st.integers(0, 5), min_size=2, max_size=30))
+def test_order_key_sorts_as_unit_then_value(values, units):
+    """The PixelTable's search key orders entries by unit, then by float value, with equal
+    floats (−0.0 and +0.0 too) equal — what lets one binary search find a threshold band."""
+    from nemaudit.explain.netdissect.dissect import _order_key
+
+    n = min(len(values), len(units))
+    v = torch.tensor(values[:n], dtype=torch.float32)
+    u = torch.tensor(units[:n])
+    k = _order_key(u, v)
+    for i in range(n):
+        for j in range(n):
+            assert (k[i] < k[j]) == ((u[i], v[i]) < (u[j], v[j]))
+            assert (k[i] == k[j]) == (bool(u[i] == u[j]) and bool(v[i] == v[j]))
+    assert _order_key(torch.tensor([0]), torch.tensor([-0.0])) == \
+        _order_key(torch.tensor([0]), torch.tensor([0.0]))

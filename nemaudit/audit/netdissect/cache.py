@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,25 @@ def _from_payload(p: dict, device: torch.device) -> Dissection:
                       DissectConfig(**p["config"]), json.loads(p["meta"]), state)
 
 
+#: the entries this process read or wrote last, by (file, its mtime and size, device): every
+#: audit of a session starts from a clean run, and reading it from memory costs nothing.
+#: The file's identity is in the key, so an entry rewritten on disk is read again.
+_MEMO: OrderedDict[tuple, tuple[Dissection, dict]] = OrderedDict()
+MEMO_ENTRIES = 2
+
+
+def _memo_key(path: Path, device: torch.device | str) -> tuple:
+    st = path.stat()
+    return (str(path.resolve()), st.st_mtime_ns, st.st_size, str(torch.device(device)))
+
+
+def _remember(memo: tuple, hit: tuple[Dissection, dict]) -> None:
+    _MEMO[memo] = hit
+    _MEMO.move_to_end(memo)
+    while len(_MEMO) > MEMO_ENTRIES:
+        _MEMO.popitem(last=False)
+
+
 class CleanRunCache:
     """A directory of clean runs; ``None`` as directory disables caching.
 
@@ -139,9 +159,15 @@ class CleanRunCache:
         if path is None or not path.is_file():
             return None
         try:
+            memo = _memo_key(path, device)
+            if memo in _MEMO:
+                _MEMO.move_to_end(memo)
+                return _MEMO[memo]
             payload = torch.load(path, map_location="cpu", weights_only=True)
             extras = payload.get("extras") or {}
-            return _from_payload(payload, torch.device(device)), extras
+            hit = _from_payload(payload, torch.device(device)), extras
+            _remember(memo, hit)
+            return hit
         except Exception as e:  # a truncated or foreign file: recompute, never trust it
             warnings.warn(f"nemaudit: ignoring unreadable clean-run cache {path} ({e}); "
                           "recomputing", stacklevel=2)
@@ -158,7 +184,9 @@ class CleanRunCache:
         buf = io.BytesIO()
         torch.save(_to_payload(d) | {"extras": extras or {}}, buf)
         try:
-            return atomic_write_bytes(path, buf.getvalue())
+            written = atomic_write_bytes(path, buf.getvalue())
+            _remember(_memo_key(path, d.thresholds.device), (d, extras or {}))
+            return written
         except OSError as e:
             warnings.warn(f"nemaudit: could not write the clean-run cache {path} ({e}); going "
                           "on without it", stacklevel=2)

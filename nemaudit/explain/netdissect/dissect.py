@@ -138,25 +138,34 @@ class PixelTable:
     labels: torch.Tensor  # [E, L] int32
     scalars: torch.Tensor  # [P, S] int64
     offsets: torch.Tensor  # [P + 1]: pair p's entries are offsets[p]:offsets[p + 1]
+    #: the entries again, sorted by (unit, value): ``key`` = unit·2³² + the value's order-
+    #: preserving 32-bit code, ``key_pair`` their pairs — a unit's entries between two
+    #: thresholds are one range of it (:meth:`between`)
+    key: torch.Tensor  # [E] int64, ascending
+    key_pair: torch.Tensor  # [E] int64
 
     def to_dict(self) -> dict:
         return {"pair": self.pair, "value": self.value, "labels": self.labels,
-                "scalars": self.scalars, "offsets": self.offsets}
+                "scalars": self.scalars, "offsets": self.offsets, "key": self.key,
+                "key_pair": self.key_pair}
 
     def to(self, device: torch.device | str) -> PixelTable:
         return PixelTable(*(t.to(device) for t in (self.pair, self.value, self.labels,
-                                                   self.scalars, self.offsets)))
+                                                   self.scalars, self.offsets, self.key,
+                                                   self.key_pair)))
+
+    def between(self, lo: torch.Tensor, hi: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+        """Pairs (indices) with an entry of value in (lo[u], hi[u]] for their unit u among
+        ``units``: binary searches in :attr:`key`, work proportional to those entries."""
+        u = units.to(torch.int64)
+        start = torch.searchsorted(self.key, _order_key(u, lo[u]), right=True)
+        stop = torch.searchsorted(self.key, _order_key(u, hi[u]), right=True)
+        return self.key_pair[_ranges(start, stop)]
 
     def entries(self, idx: torch.Tensor) -> torch.Tensor:
         """Positions of the entries of pairs ``idx`` (their runs, concatenated): the work is
         proportional to those entries, not to the table."""
-        start, stop = self.offsets[idx], self.offsets[idx + 1]
-        sizes = stop - start
-        total = int(sizes.sum())
-        if total == 0:
-            return torch.empty(0, dtype=torch.int64, device=idx.device)
-        base = torch.repeat_interleave(start - (torch.cumsum(sizes, 0) - sizes), sizes)
-        return base + torch.arange(total, device=idx.device)
+        return _ranges(self.offsets[idx], self.offsets[idx + 1])
 
     def tally(self, select: torch.Tensor, units: torch.Tensor, thresholds: torch.Tensor,
               label_category: torch.Tensor, out: IoUTally) -> None:
@@ -350,12 +359,31 @@ def dissect(model: torch.nn.Module, layer: str, probe: ProbeDataset,
                       meta=meta, state=state)
 
 
+def _ranges(start: torch.Tensor, stop: torch.Tensor) -> torch.Tensor:
+    """The positions ``start[i]:stop[i]`` for every i, concatenated."""
+    sizes = (stop - start).clamp(min=0)
+    total = int(sizes.sum())
+    if total == 0:
+        return torch.empty(0, dtype=torch.int64, device=start.device)
+    base = torch.repeat_interleave(start - (torch.cumsum(sizes, 0) - sizes), sizes)
+    return base + torch.arange(total, device=start.device)
+
+
+def _order_key(units: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """unit·2³² + a 32-bit code of the float32 value that sorts as the value does (the IEEE
+    bits, with the magnitude bits of negatives flipped, shifted to be non-negative)."""
+    values = values.float() + 0.0  # −0.0 + 0.0 = +0.0: equal floats, equal codes
+    bits = values.contiguous().view(torch.int32).to(torch.int64)
+    code = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits) + 2**31
+    return units.to(torch.int64) * 2**32 + code
+
+
 def pixel_table(maps: torch.Tensor, units: torch.Tensor, images: torch.Tensor,
                 cut: torch.Tensor, probe: ProbeDataset, batch_size: int, device: torch.device,
                 budget_bytes: float, chunk: int = 2048) -> PixelTable | None:
     """The :class:`PixelTable` of cached pairs (maps of ``units`` on ``images``): one
     upsampling and one label read per pair, done once with the clean run. None when it
-    would exceed ``budget_bytes``."""
+    would exceed ``budget_bytes`` (28 bytes and 4 per label layer an entry)."""
     from nemaudit.explain.common.masks import upsample
 
     size = tuple(probe.seg_size)
@@ -376,7 +404,7 @@ def pixel_table(maps: torch.Tensor, units: torch.Tensor, images: torch.Tensor,
                 up = upsample(maps[sel], size)  # type: ignore[arg-type]
                 f, i, j = (up > cut[units[sel]][:, None, None]).nonzero(as_tuple=True)
                 lab = batch.pixel_labels[row[f], :, i, j].to(torch.int32)
-                total += f.numel() * (12 + 4 * lab.shape[1])
+                total += f.numel() * (28 + 4 * lab.shape[1])
                 if total > budget_bytes:
                     return None
                 pairs.append(sel[f])
@@ -391,16 +419,20 @@ def pixel_table(maps: torch.Tensor, units: torch.Tensor, images: torch.Tensor,
     for rows, t in zip(scal_rows, scal):
         scalars[rows] = pad(t, n_scal)
     if not pairs:
-        return PixelTable(torch.empty(0, dtype=torch.int64, device=device),
-                          torch.empty(0, device=device),
+        empty = torch.empty(0, dtype=torch.int64, device=device)
+        return PixelTable(empty, torch.empty(0, device=device),
                           torch.empty(0, n_layers, dtype=torch.int32, device=device), scalars,
-                          torch.zeros(p_all + 1, dtype=torch.int64, device=device))
+                          torch.zeros(p_all + 1, dtype=torch.int64, device=device), empty,
+                          empty)
     pair = torch.cat(pairs)
+    value = torch.cat(values)
     by_pair = torch.argsort(pair, stable=True)
     offsets = torch.zeros(p_all + 1, dtype=torch.int64, device=device)
     offsets[1:] = torch.cumsum(torch.bincount(pair, minlength=p_all), 0)
-    return PixelTable(pair[by_pair], torch.cat(values)[by_pair],
-                      torch.cat([pad(t, n_layers) for t in labels])[by_pair], scalars, offsets)
+    key, by_key = torch.sort(_order_key(units[pair], value), stable=True)
+    return PixelTable(pair[by_pair], value[by_pair],
+                      torch.cat([pad(t, n_layers) for t in labels])[by_pair], scalars, offsets,
+                      key, pair[by_key])
 
 
 def _empty_quantile(units: int, n_total: int, config: DissectConfig, device: torch.device,

@@ -159,11 +159,9 @@ def _delta_tally(clean: Dissection, probe: ProbeDataset, changed: torch.Tensor, 
     changed_pair = changed[cu, ci]
     moved = ok & (thresholds != t0)
     lo, hi = torch.minimum(t0, thresholds), torch.maximum(t0, thresholds)
-    pu = cu[table.pair]
-    in_band = moved[pu] & (table.value > lo[pu]) & (table.value <= hi[pu]) \
-        & ~changed_pair[table.pair]
     band = torch.zeros(cu.shape[0], dtype=torch.bool, device=device)
-    band[table.pair[in_band]] = True
+    band[table.between(lo, hi, moved.nonzero().flatten())] = True
+    band &= ~changed_pair
     shape = (clean.units, clean.tally.both.shape[1], clean.tally.unit_cat.shape[1])
     minus, plus = IoUTally.zeros(*shape, device), IoUTally.zeros(*shape, device)  # type: ignore[arg-type, misc]
     table.tally((ok[cu] & changed_pair) | band, cu, t0, lab_cat, minus)
