@@ -29,7 +29,7 @@ from nemaudit.harness.messages import corruption_spec
 from nemaudit.harness.properties import PropertyItem
 
 #: exemplar pictures per record: units shown × images per unit (keeps reports to ~MBs)
-PAYLOAD_UNITS, PAYLOAD_IMAGES = 4, 3
+PAYLOAD_UNITS, PAYLOAD_IMAGES = 8, 3
 
 
 def is_audit_item(item: pytest.Item) -> bool:
