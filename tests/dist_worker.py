@@ -53,6 +53,22 @@ def job_audit(corruption: str) -> dict:
             "thresholds": r.corrupted.thresholds, "tally": r.corrupted.tally.state_dict()}
 
 
+def job_milan(corruption: str) -> dict:
+    """The bundled MILAN describer on 8 units of layer3; a plain equality scorer (the test is
+    about who describes which unit, not about F1-BERT)."""
+    from nemaudit.audit.milan import MilanAuditConfig, audit_milan
+
+    model, probe = _setup()
+
+    def same(candidates, references):
+        return torch.tensor([float(c == r) for c, r in zip(candidates, references)])
+
+    r = audit_milan(model, "layer3", probe, corruption, scorer=same,
+                    config=MilanAuditConfig(threshold=0.5, max_units=4),
+                    units=list(range(0, 64, 8)))
+    return {"rows": r.rows, "metrics": r.metrics}
+
+
 def job_fail(mode: str) -> dict:
     """Rank 1 raises (or is killed) before the first collective; the others wait in it."""
     from nemaudit import dist
@@ -74,6 +90,7 @@ def main() -> int:
         name, _, arg = job.partition(":")
         res = {"dissect": lambda: job_dissect(arg == "state"),
                "audit": lambda: job_audit(arg),
+               "milan": lambda: job_milan(arg),
                "fail": lambda: job_fail(arg)}[name]()
     except Exception as e:
         dist.report_failure(e)

@@ -133,6 +133,20 @@ def test_sharded_audit_equals_single_process(tmp_path, corruption):
         _equal(ref, torch.load(out / f"rank{rank}.pt", weights_only=False), f"rank{rank}")
 
 
+@pytest.mark.parametrize("corruption", ["gaussian:std=0.05,seed=1",
+                                        "pgd:eps=0.0156863,steps=2,seed=0"])
+def test_sharded_milan_descriptions_equal_single_process(tmp_path, corruption):
+    """MILAN's beam searches are dealt over the ranks (units round-robin) and gathered."""
+    job = f"milan:{corruption}"
+    ref = single(job, tmp_path / "one")
+    res = launch(job, 2, tmp_path / "many", timeout=120.0)
+    assert all(r.returncode == 0 for r in res), [r.stderr[-2000:] for r in res]
+    for rank in range(2):
+        _equal(ref, torch.load(tmp_path / "many" / f"rank{rank}.pt", weights_only=False),
+               f"rank{rank}")
+    assert len(ref["rows"]) >= 4 and all(r["clean"] for r in ref["rows"])
+
+
 def test_a_failing_rank_fails_the_others_with_its_error(tmp_path):
     t0 = time.monotonic()
     res = launch("fail:raise", 2, tmp_path, timeout=8.0)

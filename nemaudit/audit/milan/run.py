@@ -209,14 +209,14 @@ def audit_milan(model: torch.nn.Module, layer: str, probe: ProbeDataset,
     clean = compute_exemplars(model, layer, probe, config.exemplars, units=picked,
                               device=device, keep_state=not shared, depth=k + n_att,
                               slack=config.slack, progress=progress)
-    clean_text = list(describer.describe(clean))
+    clean_text = describe_across_ranks(describer, clean)
     poisoned = None
     info: dict[str, Any] = {}
     if shared:
         transform = lambda batch: corruption(batch, model)  # noqa: E731
         corrupted = compute_exemplars(model, layer, probe, config.exemplars, units=picked,
                                       device=device, transform=transform, progress=progress)
-        bad_text = list(describer.describe(corrupted))
+        bad_text = describe_across_ranks(describer, corrupted)
         info["poisoned_images"] = len(corruption.poisoned_indices(probe))
         pictures = None
     else:
@@ -332,7 +332,7 @@ def _per_unit(model: torch.nn.Module, layer: str, probe: ProbeDataset, corruptio
                                             for j in part.indices[i].tolist()])
                                for i in range(len(rows))])
             part = replace(part, probe=probe, pixels=pix)
-            new_texts = list(describer.describe(part))
+            new_texts = describe_across_ranks(describer, part)
             for i, text in enumerate(new_texts):
                 # candidates for the pictures: every changed description (F1 is not known
                 # yet; audit_milan keeps the lowest ones) and the first rows (shown when few
@@ -347,6 +347,34 @@ def _per_unit(model: torch.nn.Module, layer: str, probe: ProbeDataset, corruptio
     corrupted = Exemplars.concat(parts) if parts else clean
     corrupted = replace(corrupted, layer=layer, transform=None)
     return corrupted, texts, poisoned, pictures, recomputed
+
+
+def describe_across_ranks(describer: Any, ex: Exemplars) -> list[str]:
+    """``describer.describe(ex)``, its units dealt round-robin over the ranks of a process
+    group (the beam search is the costly part) and the descriptions gathered: every rank
+    gets all of them, in row order. One process: a plain call."""
+    from nemaudit import dist
+
+    group = dist.active()
+    if group is None or len(ex) < 2:
+        return list(describer.describe(ex))
+    rows = dist.shard_items(list(range(len(ex))), group.rank, group.world)
+    texts = list(describer.describe(_rows_of(ex, torch.tensor(rows, dtype=torch.long)))) \
+        if rows else []
+    out: list[str] = [""] * len(ex)
+    for part_rows, part_texts in dist.all_gather_objects((rows, texts),
+                                                         "gathering MILAN descriptions"):
+        for r, t in zip(part_rows, part_texts):
+            out[r] = t
+    return out
+
+
+def _rows_of(ex: Exemplars, rows: torch.Tensor) -> Exemplars:
+    """The exemplars of some rows (units) only."""
+    pick = lambda t: None if t is None else t[rows.to(t.device)]  # noqa: E731
+    return replace(ex, units=pick(ex.units), indices=pick(ex.indices), maxes=pick(ex.maxes),
+                   masks=pick(ex.masks), thresholds=pick(ex.thresholds),
+                   pixels=pick(ex.pixels), state=None)
 
 
 def _splice(part: Exemplars, rows: torch.Tensor, full: Exemplars) -> Exemplars:
