@@ -446,6 +446,10 @@ class UnitAttack(NamedTuple):
     poisoned: torch.Tensor  #: [U, B] bool: which images were attacked for which unit
     objective_before: torch.Tensor  #: [U, B] the attack's objective on the clean images (NaN if not poisoned)
     objective_after: torch.Tensor  #: [U, B] the same after the attack (NaN if not poisoned)
+    #: [U, B, h, w] each poisoned copy's final map of its unit at the attacked layer (the
+    #: last forward pass gives it; a re-dissection reads it instead of running again), or
+    #: None when the attack does not provide it
+    maps: torch.Tensor | None = None
 
 
 def runner_up_concepts(iou: torch.Tensor, labels: torch.Tensor | Sequence[int]) -> torch.Tensor:

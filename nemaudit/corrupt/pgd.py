@@ -65,6 +65,15 @@ def act_avg(maps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.where(area > 0, total / area.clamp(min=1.0), torch.zeros_like(total))
 
 
+def _objective(maps: torch.Tensor, source_maps: torch.Tensor,
+               target_maps: torch.Tensor | None) -> torch.Tensor:
+    """Eq. 9 per row from the unit maps: act_avg(source) − act_avg(target)."""
+    loss = act_avg(maps, source_maps)
+    if target_maps is not None:
+        loss = loss - act_avg(maps, target_maps)
+    return loss
+
+
 class ConceptPGD:
     """Eq. 9 on one layer of ``model`` (which takes [0, 1] images), in plain torch.
 
@@ -119,11 +128,7 @@ class ConceptPGD:
 
     def _loss(self, rec: Any, images: torch.Tensor, units: torch.Tensor,
               source_maps: torch.Tensor, target_maps: torch.Tensor | None) -> torch.Tensor:
-        maps = self._unit_maps(rec, images, units)
-        loss = act_avg(maps, source_maps)
-        if target_maps is not None:
-            loss = loss - act_avg(maps, target_maps)
-        return loss
+        return _objective(self._unit_maps(rec, images, units), source_maps, target_maps)
 
     # -- entry points
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, source_maps: torch.Tensor,
@@ -179,7 +184,10 @@ class ConceptPGD:
             with torch.no_grad():
                 if self.random_start or self.steps == 0:
                     before = self._loss(rec, images, units, source_maps, target_maps)
-                after = self._loss(rec, adv, units, source_maps, target_maps)
+                # the final maps give the objective after the attack and are kept
+                # (:attr:`last_maps`): a re-dissection needs them, and need not run again
+                self.last_maps = self._unit_maps(rec, adv, units).detach()
+                after = _objective(self.last_maps, source_maps, target_maps)
         return adv, before.detach(), after.detach()
 
     def _start(self, images: torch.Tensor, keys: Sequence[Any] | None) -> torch.Tensor:
@@ -267,6 +275,7 @@ def attack_units(model: torch.nn.Module, layer: str, batch: ProbeBatch,
     out = batch.images.unsqueeze(0).repeat(n_u, 1, 1, 1, 1)
     before = torch.full((n_u, b), float("nan"), device=device)
     after = torch.full((n_u, b), float("nan"), device=device)
+    maps: torch.Tensor | None = None
     pu, pb = poisoned.nonzero(as_tuple=True)
     if pu.numel():
         atk = ConceptPGD(model, layer, eps=eps, alpha=alpha, steps=steps,
@@ -282,7 +291,10 @@ def attack_units(model: torch.nn.Module, layer: str, batch: ProbeBatch,
             out[cu, cb] = adv.to(out.dtype)
             before[cu, cb] = ob.to(device)
             after[cu, cb] = oa.to(device)
-    return UnitAttack(out, poisoned, before, after)
+            if maps is None:
+                maps = torch.zeros(n_u, b, *atk.last_maps.shape[1:], device=device)
+            maps[cu, cb] = atk.last_maps.to(device, maps.dtype)
+    return UnitAttack(out, poisoned, before, after, maps)
 
 
 def _ids(values: Sequence[int | None] | torch.Tensor | None) -> list[int | None] | None:

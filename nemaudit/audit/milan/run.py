@@ -371,10 +371,12 @@ def describe_across_ranks(describer: Any, ex: Exemplars) -> list[str]:
 
 def _rows_of(ex: Exemplars, rows: torch.Tensor) -> Exemplars:
     """The exemplars of some rows (units) only."""
-    pick = lambda t: None if t is None else t[rows.to(t.device)]  # noqa: E731
+    def pick(t: torch.Tensor) -> torch.Tensor:
+        return t[rows.to(t.device)]
+
     return replace(ex, units=pick(ex.units), indices=pick(ex.indices), maxes=pick(ex.maxes),
                    masks=pick(ex.masks), thresholds=pick(ex.thresholds),
-                   pixels=pick(ex.pixels), state=None)
+                   pixels=None if ex.pixels is None else pick(ex.pixels), state=None)
 
 
 def _splice(part: Exemplars, rows: torch.Tensor, full: Exemplars) -> Exemplars:

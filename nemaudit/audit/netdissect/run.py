@@ -302,18 +302,22 @@ def _per_unit(model, layer, probe, corruption: UnitCorruption, base, config, dev
                 chunk_t = torch.tensor(chunk, device=device)
                 before.append(res.objective_before[pu, pb].double().cpu())
                 after.append(res.objective_after[pu, pb].double().cpu())
-                with torch.no_grad():
-                    for a in range(0, pu.numel(), config.dissect.batch_size):
-                        sl = slice(a, a + config.dissect.batch_size)
-                        rec.run(res.images[pu[sl], pb[sl]])
-                        acts = rec[layer].float()
-                        u_sel = chunk_t[pu[sl]]
-                        m = acts[torch.arange(acts.shape[0], device=device), u_sel]
-                        # every new map is kept (they are few): a unit whose threshold the
-                        # kept state cannot read exactly is recomputed in full from them
-                        maps.append(m)
-                        pair_units.append(u_sel)
-                        pair_images.append(batch.indices[pb[sl]])
+                # every new map is kept (they are few): a unit whose threshold the kept
+                # state cannot read exactly is recomputed in full from them
+                if res.maps is not None:  # the attack's last forward pass gave them
+                    maps.append(res.maps[pu, pb].float())
+                    pair_units.append(chunk_t[pu])
+                    pair_images.append(batch.indices[pb])
+                else:
+                    with torch.no_grad():
+                        for a in range(0, pu.numel(), config.dissect.batch_size):
+                            sl = slice(a, a + config.dissect.batch_size)
+                            rec.run(res.images[pu[sl], pb[sl]])
+                            acts = rec[layer].float()
+                            u_sel = chunk_t[pu[sl]]
+                            maps.append(acts[torch.arange(acts.shape[0], device=device), u_sel])
+                            pair_units.append(u_sel)
+                            pair_images.append(batch.indices[pb[sl]])
                 changed[chunk_t[pu].cpu(), idx[pb.cpu()]] = True
             task.advance(len(batch))
     pieces = [maps, pair_units, pair_images, before, after]
