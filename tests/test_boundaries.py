@@ -94,6 +94,8 @@ def test_unknown_metric_messages():
     assert "unknown metric 'flip_rat' (did you mean 'flip_rate'?); known metrics: units, " \
            "flip_rate, detectors, flip_rate_detectors, changed," in msg
     assert "; MILAN metrics: milan.<units|changed|threshold|manipulated_rate|" in msg
+    # the other methods' lists are joined by "; " (one list ends, the next begins)
+    assert "|exemplar_overlap_mean>; Robustness radius metrics: radius.<units|" in msg
     assert msg.endswith("; or the word 'unchanged_since_baseline'")
     assert "'zzz <= 1': unknown metric 'zzz'; known metrics: units, flip_rate" in _err("zzz <= 1")
     msg = _err("milan.zzz <= 1")

@@ -80,6 +80,7 @@ def test_hand_case_rows_are_as_designed(hand):
     assert [r["target_hit"] for r in rows] == [True, False, False, False, False]
     assert [r["clean_category"] for r in rows] == ["color", "object", None, "part", "object"]
     assert [r["clean_threshold"] for r in rows] == [0.5] * 5
+    assert [r["corrupted_threshold"] for r in rows] == [0.5] * 5
 
 
 def test_rates_are_over_their_own_pools(hand):

@@ -342,11 +342,18 @@ def test_pyproject_tool_table_is_collected(project):
         name = "tiny noise"
         layers = ["layer2"]
         corruption = "gaussian:std=0.001"
-        expect = ["flip_rate <= 0.5", "detector_share['corrupted']['all'] >= 0"]
+        expect = ["flip_rate <= 0.5", "detector_share['corrupted']['all'] == 0.0625"]
         """)
-    result = project.runpytest_inprocess("--nemaudit", "-v", "pyproject.toml")
+    result = project.runpytest_inprocess("--nemaudit", "-v", "pyproject.toml",
+                                         "--nemaudit-json", "r.json")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["pyproject.toml::tiny noise[[]layer2[]] PASSED*"])
+    rec = _records(project.path / "r.json")["pyproject.toml::tiny noise[layer2]"]
+    # both expectations judged, on their real values: no flip under std 0.001, and one of
+    # layer2's 16 units a (color) detector after it
+    assert [(e["expectation"], e["measured"], e["status"]) for e in rec["expectations"]] == [
+        ("flip_rate <= 0.5", 0.0, "passed"),
+        ("detector_share['corrupted']['all'] == 0.0625", 0.0625, "passed")]
 
 
 def test_xdist_same_verdicts_and_one_report(project):
@@ -379,7 +386,7 @@ exemplars = 4
 describer = "python:toys.py:BrightnessDescriber()"
 f1_threshold = 0.999
 corruption = "gaussian:std=0.3"
-expect = ["milan.manipulated_rate <= 0.25", "flip_rate <= 1.0"]
+expect = ["milan.manipulated_rate <= 0.25", "flip_rate == 0.75"]
 
 [[property]]
 name = "bundled milan"
@@ -388,7 +395,7 @@ layers = ["layer2"]
 units = [0, 1]
 exemplars = 4
 corruption = "gaussian:std=0.001"
-expect = "f1_mean >= 0.0"
+expect = "f1_mean >= 0.999"
 
 [[property]]
 name = "bad describer"
@@ -396,7 +403,7 @@ method = "milan"
 layers = ["layer2"]
 describer = "toys.py:BrightnessDescriber"
 corruption = "gaussian:std=0.001"
-expect = "f1_mean >= 0.0"
+expect = "f1_mean >= 0.999"
 """
 MILAN_PY = """
 TOY = dict(model="toys.py:ToyNet", probe="python:toys.py:ToyProbe(n=32)", normalize="none")
@@ -444,6 +451,9 @@ def test_milan_properties_describe_clean_and_corrupted(project):
     assert words["expectation"] == "milan.manipulated_rate <= 0.25"
     assert words["measured"] == 0.5
     assert words["audit"]["metrics"]["units"] == 4  # the Network Dissection side ran too
+    # and was judged: 3 of the 4 units change concept under std 0.3
+    assert [(e["measured"], e["status"]) for e in words["expectations"]] == [
+        (0.5, "failed"), (0.75, "passed")]
     milan = words["milan"]
     assert milan["metrics"]["changed"] == 2 and len(milan["units"]) == 4
     pairs = sorted((u["clean"], u["corrupted"], u["manipulated"]) for u in milan["units"])
@@ -453,6 +463,10 @@ def test_milan_properties_describe_clean_and_corrupted(project):
     assert len(ex["clean"]) == len(ex["corrupted"]) == 3
     bundled = records["nemaudit_milan.toml::bundled milan[layer2]"]
     assert bundled["outcome"] == "passed" and bundled["audit"] is None
+    # std 0.001 changes no description: F1-BERT of each unchanged description is 1
+    assert bundled["expectation"] == "milan.f1_mean >= 0.999"
+    assert bundled["measured"] == pytest.approx(1.0, abs=1e-6)
+    assert bundled["milan"]["metrics"]["changed"] == 0
     assert [u["unit"] for u in bundled["milan"]["units"]] == [0, 1]
     assert all(u["clean"] for u in bundled["milan"]["units"])  # the bundled MILAN wrote words
     html = (project.path / "out" / "r.html").read_text()

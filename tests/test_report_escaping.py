@@ -175,3 +175,17 @@ def test_hostile_strings_in_every_field_render_as_text(h, monkeypatch):
     for r in records:
         (extra,) = html_report.pytest_html_extras(r, diff_limit=1)
         _assert_inert(extra, h, [], scripts=0)
+
+
+def test_esc_and_wbr_escape_every_markup_character():
+    """The helpers for HTML built outside the templates (a third-party method's section)
+    escape as the templates do: quotes too, so the text is safe in an attribute."""
+    from nemaudit.report.html_parts import esc, wbr
+
+    assert esc("<a href=\"x\" title='y'>&</a>") == \
+        "&lt;a href=&#34;x&#34; title=&#39;y&#39;&gt;&amp;&lt;/a&gt;"
+    assert esc(None) == "" and esc(3) == "3"
+    # escaped first, then break opportunities after _ / and a non-decimal ., before [
+    assert str(wbr("<b>flip_rate.x[0.5]/a</b>")) == \
+        "&lt;b&gt;flip_<wbr>rate.<wbr>x<wbr>[0.5]/<wbr>a&lt;/<wbr>b&gt;"
+    assert str(wbr(None)) == ""

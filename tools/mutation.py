@@ -50,6 +50,8 @@ MODULE_TESTS: dict[str, list[str]] = {
     "nemaudit/audit/netdissect/result.py": [
         "tests/test_audit.py",
         "tests/test_metric_meanings.py",
+        "tests/test_netdissect_result.py",
+        "tests/test_confidence.py",
     ],
     "nemaudit/audit/netdissect/run.py": [
         "tests/test_audit.py",
@@ -57,6 +59,8 @@ MODULE_TESTS: dict[str, list[str]] = {
     ],
     "nemaudit/audit/milan/run.py": ["tests/test_milan_audit.py", "tests/test_metric_meanings.py"],
     "nemaudit/corrupt/base.py": [
+        "tests/test_corrupt_base.py",
+        "tests/test_corrupt_spec.py",
         "tests/test_corrupt_pgd.py",
         "tests/test_corrupt_fgsm.py",
         "tests/test_corrupt_noise.py",
@@ -66,15 +70,28 @@ MODULE_TESTS: dict[str, list[str]] = {
     "nemaudit/corrupt/fgsm.py": ["tests/test_corrupt_fgsm.py"],
     "nemaudit/corrupt/noise.py": ["tests/test_corrupt_noise.py"],
     "nemaudit/corrupt/spec.py": ["tests/test_corrupt_spec.py"],
-    "nemaudit/explain/netdissect/tally.py": ["tests/test_netdissect.py", "tests/test_incremental.py"],
+    "nemaudit/explain/netdissect/tally.py": [
+        "tests/test_tally_labels.py",
+        "tests/test_netdissect.py",
+        "tests/test_incremental.py",
+    ],
     "nemaudit/explain/netdissect/dissect.py": ["tests/test_netdissect.py"],
     "nemaudit/explain/common": ["tests/test_netdissect.py", "tests/test_milan_exemplars.py"],
-    "nemaudit/cli/common.py": ["tests/test_cli.py", "tests/test_cli_flags.py"],
-    "nemaudit/cli/audit.py": ["tests/test_cli.py", "tests/test_cli_flags.py"],
+    "nemaudit/cli/common.py": [
+        "tests/test_cli_common.py",
+        "tests/test_cli.py",
+        "tests/test_cli_flags.py",
+    ],
+    "nemaudit/cli/audit.py": [
+        "tests/test_cli_audit_parts.py",
+        "tests/test_cli.py",
+        "tests/test_cli_flags.py",
+    ],
     "nemaudit/cli/dissect.py": ["tests/test_cli.py", "tests/test_cli_flags.py"],
     "nemaudit/report/html.py": ["tests/test_report_escaping.py", "tests/test_escaping_fields.py"],
     "nemaudit/report/html_parts.py": [
         "tests/test_report_escaping.py",
+        "tests/test_report_methods.py",
         "tests/test_escaping_fields.py",
     ],
 }
@@ -169,6 +186,17 @@ def read_results(workdir: Path, module: str) -> dict[str, dict[str, str]]:
     return out
 
 
+#: the merged verdicts of the last run, kept in the module's scratch copy
+VERDICTS = "verdicts.json"
+
+
+def previous_results(workdir: Path, module: str) -> dict[str, dict[str, str]]:
+    """The last run's verdicts: the merged ones it kept, else mutmut's own record."""
+    if (workdir / VERDICTS).exists():
+        return json.loads((workdir / VERDICTS).read_text(encoding="utf-8"))
+    return read_results(workdir, module) if workdir.exists() else {}
+
+
 def mutmut_bin() -> str:
     here = Path(sys.executable).parent / "mutmut"
     return str(here) if here.exists() else "mutmut"
@@ -186,7 +214,7 @@ def run_module(module: str, tests: list[str], args: argparse.Namespace) -> dict:
     survivors: list[str] = []
     previous: dict[str, dict[str, str]] = {}
     if args.survivors:
-        previous = read_results(workdir, module) if workdir.exists() else {}
+        previous = previous_results(workdir, module)
         survivors = [k for st in previous.values() for k, s in st.items() if s not in KILLED]
         if not previous:
             print(f"{module}: no previous run in {workdir}; running all mutants")
@@ -212,6 +240,9 @@ def run_module(module: str, tests: list[str], args: argparse.Namespace) -> dict:
         for k, s in st.items():
             if s == "not checked" and previous.get(f, {}).get(k) in KILLED:
                 st[k] = previous[f][k]
+    # mutmut's own record says "not checked" for every mutant a --survivors run skipped: keep
+    # the merged verdicts, so that a second --survivors run reruns only the real survivors
+    (workdir / VERDICTS).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     statuses = [s for st in results.values() for s in st.values()]
     killed = sum(s in KILLED for s in statuses)
     survived = sorted(k for st in results.values() for k, s in st.items() if s not in KILLED)
