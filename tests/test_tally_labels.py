@@ -51,3 +51,32 @@ def test_image_labels_may_flag_categories():
     with _raises("probe image 20: image-level label(s) [5] are not in the concept table "
                  "(ids 0..4)"):
         check_label_range(pix, torch.tensor([[5], [0]]), 5, idx)
+
+
+def test_image_level_label_one_counts_and_a_one_pixel_union_scores_one():
+    """Hand case: concept 1 is an image-level (scene) label of the only image; the unit fires
+    on exactly one pixel of a 2×2 label map. label[1] = 4 (the whole image), both[u, 1] =
+    1 (the mask's one pixel), unit_cat[u, scene] = 1 — and a unit whose mask is the one
+    pixel of a one-pixel concept has union 1 and IoU exactly 1."""
+    from nemaudit.explain.netdissect.tally import IoUTally, label_tally, tally_pairs
+
+    pix = torch.tensor([[[[2, 0], [0, 0]]]])  # concept 2 (object) on pixel (0, 0)
+    scal = torch.tensor([[1]])  # concept 1 (scene) on the whole image
+    assert label_tally(pix, scal, 3).tolist() == [0, 4, 1]
+    out = IoUTally.zeros(1, 3, 2)
+    lab_cat = torch.tensor([-1, 0, 1])  # 1 → scene (category 0), 2 → object (category 1)
+    maps = torch.tensor([[[5.0, 0.0], [0.0, 0.0]]])  # 2×2 map, no upsampling: one pixel > 1
+    tally_pairs(maps, torch.tensor([0]), torch.tensor([0]), torch.tensor([1.0]), pix, scal,
+                lab_cat, out)
+    out.label = label_tally(pix, scal, 3)
+    assert out.both.tolist() == [[0, 1, 1]]
+    assert out.unit_cat.tolist() == [[1, 1]] and out.unit_pixels.tolist() == [1]
+    iou = out.iou(lab_cat)
+    assert iou[0, 2].item() == 1.0  # union = 1 + 1 − 1
+    assert iou[0, 1].item() == 0.25  # both 1 / (1 + 4 − 1)
+    assert set(out.state_dict()) == {"both", "unit_cat", "unit_pixels", "label", "images"}
+    assert out.state_dict()["both"] is out.both
+    out.images = 7  # .to() keeps the image count (the union of shards needs it)
+    moved = out.to("cpu")
+    assert moved.images == 7 and all(torch.equal(getattr(moved, f), getattr(out, f))
+                                     for f in ("both", "unit_cat", "unit_pixels", "label"))
