@@ -67,7 +67,7 @@ MODULE_TESTS: dict[str, list[str]] = {
         "tests/test_boundaries.py",
     ],
     "nemaudit/corrupt/pgd.py": ["tests/test_corrupt_pgd.py", "tests/test_metric_meanings.py"],
-    "nemaudit/corrupt/fgsm.py": ["tests/test_corrupt_fgsm.py"],
+    "nemaudit/corrupt/fgsm.py": ["tests/test_corrupt_fgsm.py", "tests/test_fgsm_exact.py"],
     "nemaudit/corrupt/noise.py": ["tests/test_corrupt_noise.py", "tests/test_noise_exact.py"],
     "nemaudit/corrupt/spec.py": ["tests/test_corrupt_spec.py"],
     "nemaudit/explain/netdissect/tally.py": [
