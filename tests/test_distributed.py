@@ -100,50 +100,40 @@ def test_timeout_env_is_checked(monkeypatch):
     assert dist.timeout_from_env() == 12.5
 
 
-@pytest.mark.parametrize("world", [2, 3])
-def test_sharded_dissection_equals_single_process(tmp_path, world):
-    ref = single("dissect:state", tmp_path / "one")
-    out = tmp_path / "many"
-    res = launch("dissect:state", world, out)
+def assert_sharded_equals_single(job: str, world: int, tmp_path: Path, n: int = 70,
+                                 timeout: float = 20.0) -> dict:
+    """Run ``job`` in one process and on ``world`` ranks; every rank's result must equal the
+    single-process one exactly. Returns that result."""
+    ref = single(job, tmp_path / "one", n=n)
+    res = launch(job, world, tmp_path / "many", timeout=timeout, n=n)
     assert all(r.returncode == 0 for r in res), [r.stderr[-2000:] for r in res]
     for rank in range(world):
-        got = torch.load(out / f"rank{rank}.pt", weights_only=False)
+        got = torch.load(tmp_path / "many" / f"rank{rank}.pt", weights_only=False)
         _equal(ref, got, f"rank{rank}")
+    return ref
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_dissection_equals_single_process(tmp_path, world):
+    assert_sharded_equals_single("dissect:state", world, tmp_path)
 
 
 def test_a_rank_without_images_still_takes_part(tmp_path):
     """A probe of one batch over three ranks: ranks 1 and 2 have no shard."""
-    ref = single("dissect:", tmp_path / "one", n=10)
-    out = tmp_path / "many"
-    res = launch("dissect:", 3, out, n=10)
-    assert all(r.returncode == 0 for r in res), [r.stderr[-2000:] for r in res]
-    for rank in range(3):
-        _equal(ref, torch.load(out / f"rank{rank}.pt", weights_only=False), f"rank{rank}")
+    assert_sharded_equals_single("dissect:", 3, tmp_path, n=10)
 
 
 @pytest.mark.parametrize("corruption", ["gaussian:std=0.05,fraction=0.2,seed=1",
                                         "pgd:eps=0.0156863,steps=3,seed=0"])
 def test_sharded_audit_equals_single_process(tmp_path, corruption):
-    job = f"audit:{corruption}"
-    ref = single(job, tmp_path / "one")
-    out = tmp_path / "many"
-    res = launch(job, 2, out)
-    assert all(r.returncode == 0 for r in res), [r.stderr[-2000:] for r in res]
-    for rank in range(2):
-        _equal(ref, torch.load(out / f"rank{rank}.pt", weights_only=False), f"rank{rank}")
+    assert_sharded_equals_single(f"audit:{corruption}", 2, tmp_path)
 
 
 @pytest.mark.parametrize("corruption", ["gaussian:std=0.05,seed=1",
                                         "pgd:eps=0.0156863,steps=2,seed=0"])
 def test_sharded_milan_descriptions_equal_single_process(tmp_path, corruption):
     """MILAN's beam searches are dealt over the ranks (units round-robin) and gathered."""
-    job = f"milan:{corruption}"
-    ref = single(job, tmp_path / "one")
-    res = launch(job, 2, tmp_path / "many", timeout=120.0)
-    assert all(r.returncode == 0 for r in res), [r.stderr[-2000:] for r in res]
-    for rank in range(2):
-        _equal(ref, torch.load(tmp_path / "many" / f"rank{rank}.pt", weights_only=False),
-               f"rank{rank}")
+    ref = assert_sharded_equals_single(f"milan:{corruption}", 2, tmp_path, timeout=120.0)
     assert len(ref["rows"]) >= 4 and all(r["clean"] for r in ref["rows"])
 
 
