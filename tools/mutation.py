@@ -69,7 +69,7 @@ MODULE_TESTS: dict[str, list[str]] = {
     "nemaudit/corrupt/pgd.py": ["tests/test_corrupt_pgd.py", "tests/test_metric_meanings.py"],
     "nemaudit/corrupt/fgsm.py": ["tests/test_corrupt_fgsm.py", "tests/test_fgsm_exact.py"],
     "nemaudit/corrupt/noise.py": ["tests/test_corrupt_noise.py", "tests/test_noise_exact.py"],
-    "nemaudit/corrupt/spec.py": ["tests/test_corrupt_spec.py"],
+    "nemaudit/corrupt/spec.py": ["tests/test_corrupt_spec.py", "tests/test_corrupt_spec_messages.py"],
     "nemaudit/explain/netdissect/tally.py": [
         "tests/test_tally_labels.py",
         "tests/test_netdissect.py",
