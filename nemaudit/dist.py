@@ -268,17 +268,6 @@ def all_gather_objects(obj: Any, what: str = "gathering results") -> list[Any]:
     return out
 
 
-def broadcast_object(obj: Any, what: str = "sharing a decision") -> Any:
-    """Rank 0's ``obj`` on every rank."""
-    import torch.distributed as dist
-
-    if active() is None:
-        return obj
-    box = [_to_cpu(obj)]
-    _guard(what, lambda: dist.broadcast_object_list(box, src=0))
-    return box[0]
-
-
 def barrier(what: str = "waiting for the other ranks") -> None:
     import torch.distributed as dist
 

@@ -47,6 +47,7 @@ MODULE_TESTS: dict[str, list[str]] = {
         "tests/test_spec.py",
     ],
     "nemaudit/audit/result.py": ["tests/test_audit.py", "tests/test_metric_meanings.py"],
+    "nemaudit/audit/netdissect/flags.py": ["tests/test_netdissect_result.py", "tests/test_bootstrap_probe.py"],
     "nemaudit/audit/netdissect/result.py": [
         "tests/test_audit.py",
         "tests/test_metric_meanings.py",

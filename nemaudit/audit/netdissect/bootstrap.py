@@ -9,8 +9,8 @@ side's IoU = both / (unit_cat + label − both) is recomputed from the weighted 
 (:meth:`IoUTally.iou`), its best concept taken by the dissection's own rule
 (:func:`~nemaudit.explain.netdissect.dissect.best_concepts`: ties to the lower id, id 0 when
 nothing scores), and the per-unit flags (changed, clean detector at ``iou_threshold``, …)
-by the audit's own (:func:`~nemaudit.audit.netdissect.result.unit_flags`), so each rate
-of :data:`~nemaudit.audit.netdissect.result.RATE_FLAGS` is defined exactly as the
+by the audit's own (:func:`~nemaudit.audit.netdissect.flags.unit_flags`), so each rate
+of :data:`~nemaudit.audit.netdissect.flags.RATE_FLAGS` is defined exactly as the
 measured one. All-ones weights give back the measured rows.
 
 The bootstrap is *conditional on the thresholds*: T_u stays at its measured value on both
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from nemaudit.audit.confidence import Interval
-from nemaudit.audit.netdissect.result import RATE_FLAGS, unit_flags
+from nemaudit.audit.netdissect.flags import RATE_FLAGS, unit_flags
 from nemaudit.explain.netdissect.dissect import Dissection, best_concepts
 from nemaudit.explain.netdissect.images import (
     ImageTallies,

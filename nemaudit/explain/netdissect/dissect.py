@@ -474,33 +474,18 @@ def tally_cached_pairs(maps: torch.Tensor, units: torch.Tensor, images: torch.Te
                        thresholds: torch.Tensor, probe: ProbeDataset, batch_size: int,
                        lab_cat: torch.Tensor, tally: IoUTally, device: torch.device) -> None:
     """Tally stored (image, unit) maps, reading the labels of just the images involved."""
-    tally_cached_groups([(maps, units, images, thresholds, tally)], probe, batch_size, lab_cat,
-                        device)
-
-
-def tally_cached_groups(groups: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                           torch.Tensor, IoUTally]],
-                        probe: ProbeDataset, batch_size: int, lab_cat: torch.Tensor,
-                        device: torch.device) -> None:
-    """Several :func:`tally_cached_pairs` (each ``(maps, units, images, thresholds, out)``)
-    reading every involved image's labels once."""
-    groups = [g for g in groups if g[0].shape[0]]
-    if not groups:
+    if maps.shape[0] == 0:
         return
-    sorted_groups = []
-    for maps, units, images, thresholds, out in groups:
-        order = torch.argsort(images, stable=True)
-        sorted_groups.append((maps[order], units[order], images[order], thresholds, out))
-    wanted = torch.unique(torch.cat([g[2] for g in sorted_groups])).cpu()
+    order = torch.argsort(images, stable=True)
+    maps, units, images = maps[order], units[order], images[order]
+    wanted = torch.unique(images).cpu()
     for batch in probe_loader(probe, batch_size, indices=wanted.tolist()):
         batch = batch.to(device)
-        for maps, units, images, thresholds, out in sorted_groups:
-            lo = torch.searchsorted(images, batch.indices[0])
-            hi = torch.searchsorted(images, batch.indices[-1], right=True)
-            if hi > lo:
-                row = torch.searchsorted(batch.indices, images[lo:hi])
-                tally_pairs(maps[lo:hi], units[lo:hi], row, thresholds, batch.pixel_labels,
-                            batch.image_labels, lab_cat, out)
+        lo = torch.searchsorted(images, batch.indices[0])
+        hi = torch.searchsorted(images, batch.indices[-1], right=True)
+        row = torch.searchsorted(batch.indices, images[lo:hi])
+        tally_pairs(maps[lo:hi], units[lo:hi], row, thresholds, batch.pixel_labels,
+                    batch.image_labels, lab_cat, tally)
 
 
 def dissect_tensors(acts: torch.Tensor, pixel_labels: torch.Tensor, image_labels: torch.Tensor,
