@@ -13,8 +13,24 @@ import torch
 from nemaudit.probe.base import ProbeDataset, ProbeItem
 
 
-def _compact_labels(t: torch.Tensor, concepts: int) -> torch.Tensor:
-    return t.to(torch.int16 if concepts < 2**15 else torch.int32)
+def pack(item: ProbeItem, concepts: int) -> tuple:
+    """An item, compactly and bit-identically: the image as uint8 when every pixel is
+    exactly k/255, else float32; the label maps in the narrowest integer type."""
+    uint8 = bool(((item.image * 255).round() / 255 == item.image).all())
+    img = (item.image * 255).round().to(torch.uint8) if uint8 else item.image.float()
+    pix = item.pixel_labels.to(torch.int16 if concepts < 2**15 else torch.int32)
+    return img, pix, item.image_labels, item.target
+
+
+def unpack(packed: tuple, index: int) -> ProbeItem:
+    """The item :func:`pack` stored."""
+    img, pix, scal, target = packed
+    return ProbeItem(img.float() / 255 if img.dtype == torch.uint8 else img, pix.long(), scal,
+                     index, target)
+
+
+def packed_bytes(packed: tuple) -> int:
+    return sum(t.numel() * t.element_size() for t in packed[:2])
 
 
 class InMemoryProbe(ProbeDataset):
@@ -28,28 +44,18 @@ class InMemoryProbe(ProbeDataset):
         self.class_names = getattr(source, "class_names", None)
         self._fingerprint = source.fingerprint()
         n = len(source) if n is None else min(n, len(source))
-        items = [source[i] for i in range(n)]
-        self._uint8 = all(bool(((it.image * 255).round() / 255 == it.image).all()) for it in items)
-        if self._uint8:
-            self._images = [(it.image * 255).round().to(torch.uint8) for it in items]
-        else:
-            self._images = [it.image.float() for it in items]
-        self._pixel = [_compact_labels(it.pixel_labels, self.num_concepts) for it in items]
-        self._scalar = [it.image_labels for it in items]
-        self._targets = [it.target for it in items]
+        self._items = [pack(source[i], self.num_concepts) for i in range(n)]
         if n < len(source):
             self._fingerprint += f":first{n}"
 
     def __len__(self) -> int:
-        return len(self._images)
+        return len(self._items)
 
     def __getitem__(self, i: int) -> ProbeItem:
         if not -len(self) <= i < len(self):
             raise IndexError(i)
         i = i % len(self)
-        img = self._images[i]
-        img = img.float() / 255 if self._uint8 else img
-        return ProbeItem(img, self._pixel[i].long(), self._scalar[i], i, self._targets[i])
+        return unpack(self._items[i], i)
 
     def fingerprint(self, samples: int = 32) -> str:
         return self._fingerprint
@@ -88,15 +94,11 @@ class MemoProbe(ProbeDataset):
         i = i % len(self)
         hit = self._items.get(i)
         if hit is not None:
-            img, pix, scal, target, uint8 = hit
-            return ProbeItem(img.float() / 255 if uint8 else img, pix.long(), scal, i, target)
+            return unpack(hit, i)
         it = self.source[i]
         if self.nbytes < self.budget:
-            uint8 = bool(((it.image * 255).round() / 255 == it.image).all())
-            img = (it.image * 255).round().to(torch.uint8) if uint8 else it.image.float()
-            pix = _compact_labels(it.pixel_labels, self.num_concepts)
-            self._items[i] = (img, pix, it.image_labels, it.target, uint8)
-            self.nbytes += img.numel() * img.element_size() + pix.numel() * pix.element_size()
+            self._items[i] = pack(it, self.num_concepts)
+            self.nbytes += packed_bytes(self._items[i])
         return it
 
     def fingerprint(self, samples: int = 32) -> str:
