@@ -362,8 +362,11 @@ class Corruption:
         unpoisoned images are bit-identical copies of the clean ones."""
         if self.needs_model and model is None:
             raise SpecError(f"{self.kind} attacks a model: call it as corruption(batch, model)")
-        out = batch.images.clone()
         mask = self.poisoned(batch)
+        if mask.all() and len(batch):  # every row corrupted: no copy, subset or scatter
+            out = self._corrupt(batch, model).to(batch.images.dtype)
+            return out.clone() if out.data_ptr() == batch.images.data_ptr() else out
+        out = batch.images.clone()
         if mask.any():
             sub = subset_batch(batch, mask)
             out[mask] = self._corrupt(sub, model).to(out.dtype)

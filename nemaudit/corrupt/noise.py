@@ -74,7 +74,7 @@ class JPEGCompression(Corruption):
 
 
 class NoiseCorruption(Corruption):
-    """x' = clamp(x + δ, 0, 1), δ drawn per image; subclasses define :meth:`sample`."""
+    """x' = clamp(x + δ, 0, 1), δ drawn per image; subclasses define :meth:`sample_into`."""
 
     params = {"std": float, "jpeg": int}
     required = ("std",)
@@ -85,22 +85,26 @@ class NoiseCorruption(Corruption):
         self.std = check_nonneg(std, "std", maximum=10.0)
         self.jpeg = check_quality(jpeg, "jpeg")  # None: the noisy image stays float
 
-    def sample(self, shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
-        """One image's perturbation δ (float32, CPU), before clamping."""
+    def sample_into(self, out: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Draw one image's perturbation δ into ``out`` (float32, CPU, contiguous) in place,
+        before clamping; returns ``out``. In place so that a batch is drawn into one buffer."""
         raise NotImplementedError
 
+    def sample(self, shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
+        """One image's perturbation δ (float32, CPU), before clamping."""
+        return self.sample_into(torch.empty(shape, dtype=torch.float32), generator)
+
     def noise(self, batch: ProbeBatch) -> torch.Tensor:
-        """The unclamped perturbation of every image of ``batch`` (poisoned or not)."""
+        """The unclamped perturbation of every image of ``batch`` (poisoned or not), drawn
+        image by image into one buffer (each image's own generator: batch-independent)."""
         g = torch.Generator()
-        shape = batch.images.shape[1:]
-        deltas = [self.sample(shape, image_generator(self.seed, self.kind, int(i), g))
-                  for i in batch.indices.tolist()]
-        if not deltas:
-            return torch.zeros_like(batch.images)
-        return torch.stack(deltas).to(device=batch.images.device, dtype=batch.images.dtype)
+        out = torch.empty(batch.images.shape, dtype=torch.float32)
+        for row, i in zip(out, batch.indices.tolist(), strict=True):
+            self.sample_into(row, image_generator(self.seed, self.kind, int(i), g))
+        return out.to(device=batch.images.device, dtype=batch.images.dtype)
 
     def _corrupt(self, batch: ProbeBatch, model: torch.nn.Module | None) -> torch.Tensor:
-        noisy = (batch.images + self.noise(batch)).clamp_(0.0, 1.0)
+        noisy = self.noise(batch).add_(batch.images).clamp_(0.0, 1.0)  # δ + x == x + δ
         return noisy if self.jpeg is None else jpeg_roundtrip(noisy, self.jpeg)
 
     def settings(self) -> dict[str, Any]:
@@ -112,8 +116,8 @@ class GaussianNoise(NoiseCorruption):
 
     kind = "gaussian"
 
-    def sample(self, shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
-        return torch.randn(shape, generator=generator) * self.std
+    def sample_into(self, out: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return out.normal_(generator=generator).mul_(self.std)  # == torch.randn(...) * std
 
 
 class UniformNoise(NoiseCorruption):
@@ -121,8 +125,8 @@ class UniformNoise(NoiseCorruption):
 
     kind = "uniform"
 
-    def sample(self, shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
-        return (torch.rand(shape, generator=generator) * 2.0 - 1.0) * self.std
+    def sample_into(self, out: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return out.uniform_(generator=generator).mul_(2.0).sub_(1.0).mul_(self.std)
 
 
 class BernoulliNoise(NoiseCorruption):
@@ -130,6 +134,6 @@ class BernoulliNoise(NoiseCorruption):
 
     kind = "bernoulli"
 
-    def sample(self, shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
-        signs = torch.randint(0, 2, shape, generator=generator, dtype=torch.int64) * 2 - 1
-        return signs.to(torch.float32) * self.std
+    def sample_into(self, out: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        signs = torch.randint(0, 2, out.shape, generator=generator, dtype=torch.int64) * 2 - 1
+        return out.copy_(signs).mul_(self.std)

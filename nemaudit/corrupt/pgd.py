@@ -74,6 +74,20 @@ def _objective(maps: torch.Tensor, source_maps: torch.Tensor,
     return loss
 
 
+def _objective_weights(maps: torch.Tensor, source_maps: torch.Tensor,
+                       target_maps: torch.Tensor | None) -> torch.Tensor:
+    """Eq. 9's objective as a weight per feature-map cell ``[N, fh, fw]``.
+
+    The objective is linear in the unit map (upsampling and the masked means are linear), so
+    its gradient with respect to the map does not depend on the map: computed once per
+    attack, ``(maps * weights).sum()`` gives every PGD step exactly the gradient the
+    upsampled objective would (the same backward ops on the same values), without upsampling
+    the maps to the label resolution and back at each step."""
+    z = torch.zeros(maps.shape, dtype=torch.float32, device=maps.device, requires_grad=True)
+    with torch.enable_grad():
+        return torch.autograd.grad(_objective(z, source_maps, target_maps).sum(), z)[0]
+
+
 class ConceptPGD:
     """Eq. 9 on one layer of ``model`` (which takes [0, 1] images), in plain torch.
 
@@ -171,13 +185,17 @@ class ConceptPGD:
         if self.random_start and self.eps > 0:
             adv = (adv + self._start(images, keys)).clamp(0.0, 1.0)
         before = torch.zeros(images.shape[0], device=device)
+        weights: torch.Tensor | None = None
         with torch.enable_grad(), self._recorder() as rec:
-            for step in range(self.steps):
+            for _step in range(self.steps):
                 adv.requires_grad_(True)
-                loss = self._loss(rec, adv, units, source_maps, target_maps)
-                if step == 0 and not self.random_start:
-                    before = loss.detach().clone()
-                grad = torch.autograd.grad(loss.sum(), adv)[0]
+                maps = self._unit_maps(rec, adv, units)
+                if weights is None:
+                    weights = _objective_weights(maps, source_maps, target_maps)
+                    if not self.random_start:
+                        before = _objective(maps.detach(), source_maps, target_maps)
+                loss = (maps.to(weights.dtype) * weights).sum()
+                grad = torch.autograd.grad(loss, adv)[0]
                 adv = adv.detach() - self.alpha * grad.sign()  # minimise
                 delta = torch.clamp(adv - images, min=-self.eps, max=self.eps)
                 adv = torch.clamp(images + delta, min=0.0, max=1.0).detach()
