@@ -69,6 +69,30 @@ def job_milan(corruption: str) -> dict:
     return {"rows": r.rows, "metrics": r.metrics}
 
 
+def job_fool(fooling: str) -> dict:
+    """Data-parallel fine-tuning of a tiny ConceptNet (a batch of 10 does not divide by 3)."""
+    from nemaudit.corrupt.manipulate import FoolingConfig
+    from nemaudit.corrupt.manipulate.data import LabelledImages
+    from nemaudit.corrupt.manipulate.train import fool
+    from nemaudit.model.bundled import ConceptNet
+    from nemaudit.model.load import NormalizedModel
+
+    torch.manual_seed(0)
+    model = NormalizedModel(ConceptNet(num_classes=3, width=4), "imagenet").eval()
+
+    def data(n: int, seed: int) -> LabelledImages:
+        g = torch.Generator().manual_seed(seed)
+        return LabelledImages(torch.rand(n, 3, 32, 32, generator=g), torch.arange(n) % 3,
+                              torch.arange(n))
+
+    cfg = FoolingConfig(fooling=fooling, interpreter="gradcam", layer="layer3", lr=3e-3,
+                        lam=20.0, epochs=2, batch_size=10, seed=0, eval_images=12,
+                        max_top1_drop=None, patience=2)
+    run = fool(model, data(30, 1), data(12, 2), cfg)
+    return {"weights": run.model.state_dict(), "history": run.history,
+            "best_epoch": run.best_epoch}
+
+
 def job_fail(mode: str) -> dict:
     """Rank 1 raises (or is killed) before the first collective; the others wait in it."""
     from nemaudit import dist
@@ -91,6 +115,7 @@ def main() -> int:
         res = {"dissect": lambda: job_dissect(arg == "state"),
                "audit": lambda: job_audit(arg),
                "milan": lambda: job_milan(arg),
+               "fool": lambda: job_fool(arg),
                "fail": lambda: job_fail(arg)}[name]()
     except Exception as e:
         dist.report_failure(e)

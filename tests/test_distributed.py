@@ -137,6 +137,42 @@ def test_sharded_milan_descriptions_equal_single_process(tmp_path, corruption):
     assert len(ref["rows"]) >= 4 and all(r["clean"] for r in ref["rows"])
 
 
+@pytest.mark.parametrize(("fooling", "world"), [("location", 3), ("active", 2)])
+def test_data_parallel_fooling_matches_single_process(tmp_path, fooling, world):
+    """Each rank fine-tunes on its rows of every batch and the gradients are summed: the
+    ranks end with identical weights (they apply the same summed gradient), equal to the
+    one-process weights up to the order of the additions; the epoch history agrees."""
+    ref = single(f"fool:{fooling}", tmp_path / "one")
+    res = launch(f"fool:{fooling}", world, tmp_path / "many", timeout=60.0)
+    assert all(r.returncode == 0 for r in res), [r.stderr[-2000:] for r in res]
+    got = [torch.load(tmp_path / "many" / f"rank{r}.pt", weights_only=False)
+           for r in range(world)]
+    for g in got[1:]:  # the ranks agree bit for bit
+        _equal(got[0], g)
+    w, w1 = got[0]["weights"], ref["weights"]
+    moved = max(float((w1[k].float() - v.float()).abs().max())
+                for k, v in tiny_state().items() if k in w1)
+    assert moved > 1e-4  # the fine-tuning did change the weights
+    for k in w1:
+        assert torch.allclose(w[k].float(), w1[k].float(), rtol=1e-4, atol=1e-5), k
+    assert got[0]["best_epoch"] == ref["best_epoch"]
+    for a, b in zip(got[0]["history"], ref["history"], strict=True):
+        for key in ("top1", "fsr"):
+            assert a[key] == pytest.approx(b[key], abs=1e-6), key
+        for key in ("ce", "lf"):
+            assert (a[key] is None) == (b[key] is None)
+            if a[key] is not None:
+                assert a[key] == pytest.approx(b[key], rel=1e-4), key
+
+
+def tiny_state() -> dict:
+    from nemaudit.model.bundled import ConceptNet
+    from nemaudit.model.load import NormalizedModel
+
+    torch.manual_seed(0)
+    return NormalizedModel(ConceptNet(num_classes=3, width=4), "imagenet").state_dict()
+
+
 def test_a_failing_rank_fails_the_others_with_its_error(tmp_path):
     t0 = time.monotonic()
     res = launch("fail:raise", 2, tmp_path, timeout=8.0)

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 #: commands whose work is sharded over a process group (``torchrun -m nemaudit ...``)
-DISTRIBUTED = ("dissect", "audit", "describe")
+DISTRIBUTED = ("dissect", "audit", "describe", "fool")
 
 
 @contextlib.contextmanager

@@ -327,7 +327,9 @@ def run_fooling(request: AuditRequest, resolved: Resolved) -> FoolingResult:
     if request.get("dissect", True):
         metrics.update(_dissect_both(request, resolved, fooled, meta))
     save = request.get("save_weights")
-    if save:
+    from nemaudit import dist
+
+    if save and dist.is_main():  # in a process group every rank holds the same weights
         from nemaudit.corrupt.manipulate.save import save_fooled
 
         w, side = save_fooled(run, save, {"model": str(request.model), "layer": layer,

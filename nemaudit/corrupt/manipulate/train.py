@@ -16,6 +16,11 @@ Choices, and why:
   accuracy than allowed does not count as a success.
 - Reproducible for a seed: initial state, batch order and two-class images all come from
   generators seeded with ``seed`` (bit-identical on the CPU for a fixed thread count).
+- Data-parallel in a process group (``torchrun``, :mod:`nemaudit.dist`): every rank draws the
+  same batch and takes its rows ``rank::world``; the losses are sums over those rows divided
+  by the whole batch's size, so the summed gradients (one all-reduce per step) are the
+  one-process gradient up to the order of the additions. Every rank applies the same summed
+  gradient, so the ranks' weights, evaluations and epoch choices stay identical.
 """
 
 from __future__ import annotations
@@ -98,12 +103,69 @@ def _evaluate(model: nn.Module, original: nn.Module, config: FoolingConfig,
             "test_loss": float(tl.losses.float().mean())}
 
 
+def _step_losses(model: nn.Module, original: nn.Module, config: FoolingConfig,
+                 train: LabelledImages, fool_x: torch.Tensor | None,
+                 classes: tuple[int, int] | None, idx: torch.Tensor, fidx: torch.Tensor,
+                 layer: str | None, device: torch.device, group: Any
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """CE and L_F of one step: means over the batch ``idx`` (and ``fidx`` for active
+    fooling's two-class images), computed on this rank's rows only in a process group."""
+    n, n_fool = len(idx), len(fidx)
+    if group is not None:
+        idx, fidx = idx[group.rank::group.world], fidx[group.rank::group.world]
+    def mean(rows: torch.Tensor, total: int) -> torch.Tensor:  # one process: exactly .mean()
+        return rows.mean() if group is None else rows.sum() / total
+
+    ce = lf = torch.zeros((), device=device)
+    if len(idx):
+        x = train.images[idx].to(device)
+        y = train.labels[idx].to(device)
+        ce = F.cross_entropy(model(x), y) if group is None else \
+            F.cross_entropy(model(x), y, reduction="sum") / n
+    if config.fooling == "active":
+        assert fool_x is not None and classes is not None
+        xf = fool_x[fidx].to(device)
+        if len(xf):
+            c1 = torch.full((len(xf),), classes[0], device=device)
+            c2 = torch.full((len(xf),), classes[1], device=device)
+            it = config.interpreter
+            h1 = heatmap(model, xf, c1, it, layer=layer, create_graph=True)
+            h2 = heatmap(model, xf, c2, it, layer=layer, create_graph=True)
+            h1_0 = heatmap(original, xf, c1, it, layer=layer).detach()
+            h2_0 = heatmap(original, xf, c2, it, layer=layer).detach()
+            lf = mean(active_loss(h1, h2, h1_0, h2_0), n_fool)
+    elif len(idx):
+        h = heatmap(model, x, y, config.interpreter, layer=layer, create_graph=True)
+        h0 = None
+        if config.fooling != "location":
+            h0 = heatmap(original, x, y, config.interpreter, layer=layer).detach()
+        lf = mean(penalty(config.fooling, h, h0,
+                          signed_input_map=config.interpreter == "lrp"), n)
+    return ce, lf
+
+
+def _sum_gradients(model: nn.Module) -> None:
+    """Sum every parameter's gradient over the ranks, in one all-reduce (a rank with no rows
+    in this batch contributes zeros)."""
+    from nemaudit import dist
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = dist.all_sum(torch.cat([g.reshape(-1) for g in grads]), "summing the gradients")
+    pos = 0
+    for p, g in zip(params, grads, strict=True):
+        p.grad = flat[pos:pos + g.numel()].view_as(g).clone()
+        pos += g.numel()
+
+
 def fool(original: nn.Module, train: LabelledImages, held: LabelledImages,
          config: FoolingConfig, *, class_names: Sequence[str] | None = None,
          progress: bool = False) -> FoolingRun:
     """Fine-tune a copy of ``original`` with ``config``'s fooling; ``original`` is unchanged."""
+    from nemaudit import dist
     from nemaudit.progress import progress_task
 
+    group = dist.active()
     device = next(original.parameters()).device
     layer = config.layer if needs_layer(config.interpreter) else None
     if needs_layer(config.interpreter) and not layer:
@@ -138,31 +200,17 @@ def fool(original: nn.Module, train: LabelledImages, held: LabelledImages,
             ce_sum = lf_sum = 0.0
             for s in range(steps):
                 idx = order[s * config.batch_size:(s + 1) * config.batch_size]
-                x = train.images[idx].to(device)
-                y = train.labels[idx].to(device)
-                ce = F.cross_entropy(model(x), y)
-                if config.fooling == "active":
-                    assert fool_x is not None and classes is not None
-                    fidx = fool_order[s * config.batch_size:(s + 1) * config.batch_size]
-                    xf = fool_x[fidx].to(device)
-                    c1 = torch.full((len(xf),), classes[0], device=device)
-                    c2 = torch.full((len(xf),), classes[1], device=device)
-                    it = config.interpreter
-                    h1 = heatmap(model, xf, c1, it, layer=layer, create_graph=True)
-                    h2 = heatmap(model, xf, c2, it, layer=layer, create_graph=True)
-                    h1_0 = heatmap(original, xf, c1, it, layer=layer).detach()
-                    h2_0 = heatmap(original, xf, c2, it, layer=layer).detach()
-                    lf = active_loss(h1, h2, h1_0, h2_0).mean()
-                else:
-                    h = heatmap(model, x, y, config.interpreter, layer=layer, create_graph=True)
-                    h0 = None
-                    if config.fooling != "location":
-                        h0 = heatmap(original, x, y, config.interpreter, layer=layer).detach()
-                    lf = penalty(config.fooling, h, h0,
-                                 signed_input_map=config.interpreter == "lrp").mean()
+                fidx = fool_order[s * config.batch_size:(s + 1) * config.batch_size]
+                ce, lf = _step_losses(model, original, config, train, fool_x, classes,
+                                      idx, fidx, layer, device, group)
                 loss = ce + config.lam * lf
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                if loss.requires_grad:
+                    loss.backward()
+                if group is not None:
+                    _sum_gradients(model)
+                    parts = torch.stack([ce.detach(), lf.detach()]).double()
+                    ce, lf = dist.all_sum(parts, "summing the fooling losses")
                 opt.step()
                 ce_sum += float(ce.detach())
                 lf_sum += float(lf.detach())
