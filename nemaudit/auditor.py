@@ -88,15 +88,17 @@ class Auditor:
 
     ``seed`` is given to corruption specs that name none, and seeds torch before each audit;
     ``max_units`` caps per-unit attacks whose request sets no cap; ``cache_dir`` (None: off)
-    holds clean runs on disk."""
+    holds clean runs on disk; ``workers`` DataLoader processes decode the probe (what they
+    decode is kept in the run's in-memory probe all the same)."""
 
     def __init__(self, device: Any = "auto", *, cache_dir: str | Path | None = None,
                  batch_size: int = 64, seed: int = 0, max_units: int | None = None,
-                 progress: bool = False) -> None:
+                 progress: bool = False, workers: int = 0) -> None:
         self.device_spec = device
         self.cache_dir = None if cache_dir is None else str(cache_dir)
         self.batch_size, self.seed, self.max_units = int(batch_size), int(seed), max_units
         self.progress = progress
+        self.workers = max(0, int(workers))
         self._device: Any = None
         self._models: dict[Any, Any] = {}
         self._probes: dict[Any, Any] = {}
@@ -223,7 +225,8 @@ class Auditor:
                     raise RequestError("corruption", str(e)) from None
         return Resolved(model=model, probe=probe, layer=layer, corruption=corr,
                         device=self.device, cache_dir=self.cache_dir,
-                        batch_size=self.batch_size, max_units=self.max_units,
+                        batch_size=self.batch_size, workers=self.workers,
+                        max_units=self.max_units,
                         progress=self.progress, resolve=self._resolve)
 
     def prepare(self, request: AuditRequest) -> Resolved:

@@ -47,7 +47,7 @@ class NemauditState:
 
             o = self.options
             self._auditor = Auditor(o.device, cache_dir=o.cache_dir, batch_size=o.batch_size,
-                                    seed=o.seed, max_units=o.max_units)
+                                    workers=o.workers, seed=o.seed, max_units=o.max_units)
         return self._auditor
 
     @property

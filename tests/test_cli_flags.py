@@ -83,10 +83,37 @@ def test_audit_repeats_layers_and_corruptions(tmp_path):
     assert all(a["meta"]["model"] == f"{TOYS}:ToyNet" for a in doc["audits"])
 
 
+def test_workers_decode_the_probe_without_changing_the_result(tmp_path, monkeypatch):
+    """--workers reaches the DataLoader of the dissection; the JSON is the one-process one."""
+    import nemaudit.explain.common.activations as acts
+
+    seen = []
+    real = acts.probe_loader
+
+    def spy(*a, **kw):
+        seen.append(kw.get("num_workers", 0))
+        return real(*a, **kw)
+
+    import sys
+
+    nd = sys.modules["nemaudit.explain.netdissect.dissect"]  # the module, not the function
+    monkeypatch.setattr(acts, "probe_loader", spy)
+    monkeypatch.setattr(nd, "probe_loader", spy)
+    plain = _run(tmp_path, "dissect", "--layer", "layer2")
+    assert 2 not in seen
+    with_workers = _run(tmp_path, "dissect", "--layer", "layer2", "--workers", "2")
+    assert 2 in seen
+    for doc in (plain, with_workers):
+        for layer in doc["layers"]:
+            layer["meta"].pop("seconds")
+    assert with_workers["layers"] == plain["layers"]
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--units", "0,x"], "--units '0,x'"),
     (["--units", "99"], "99"),
     (["--batch-size", "0"], "--batch-size 0"),
+    (["--workers", "-2"], "--workers -2: expected an integer >= 0"),
     (["--eta", "2"], "--eta"),
     (["--max-units", "0"], "--max-units"),
     (["--set", "nonsense"], "--set 'nonsense'"),

@@ -41,3 +41,24 @@ def test_in_memory_probe_shares_the_packing():
     mem = InMemoryProbe(src)
     assert all(_same(mem[i], src[i]) for i in range(3))
     assert mem._items[0][0].dtype == torch.uint8  # 8-bit images are kept as bytes
+
+
+def test_worker_decoded_batches_are_the_sources_and_are_kept_here():
+    """Workers decode and pack; this process keeps the items (a worker's memo would die with
+    it), so the next pass needs no worker and reads the same bits."""
+    from nemaudit.explain.common.activations import probe_loader
+    from nemaudit.probe.memory import _FillingLoader
+
+    src = SyntheticProbe(10, seed=3)
+    memo = MemoProbe(src)
+    want = list(probe_loader(src, 4, indices=[7, 1, 2, 9, 0]))
+    loader = probe_loader(memo, 4, indices=[7, 1, 2, 9, 0], num_workers=2)
+    assert isinstance(loader, _FillingLoader) and len(loader) == 2
+    got = list(loader)
+    assert sorted(memo._items) == [0, 1, 2, 7, 9] and memo.missing([0, 1, 2, 3]) == [3]
+    again = probe_loader(memo, 4, indices=[7, 1, 2, 9, 0], num_workers=2)
+    assert not isinstance(again, _FillingLoader)  # all in memory: a plain in-process loader
+    for w, g, a in zip(want, got, list(again), strict=True):
+        for name in ("images", "pixel_labels", "image_labels", "indices", "targets"):
+            x, y, z = getattr(w, name), getattr(g, name), getattr(a, name)
+            assert torch.equal(x, y) and torch.equal(x, z) and x.dtype == y.dtype, name

@@ -306,6 +306,7 @@ def test_baselines_written_with_update_then_changes_detected(project):
     (["--nemaudit-batch-size", "0"], "",
      "--nemaudit-batch-size: expected an integer >= 1, got '0'"),
     (["--nemaudit-seed", "abc"], "", "--nemaudit-seed: expected an integer >= 0, got 'abc'"),
+    (["--nemaudit-workers", "-1"], "", "--nemaudit-workers: expected an integer >= 0, got '-1'"),
     (["--nemaudit-device", "gpu"], "",
      "--nemaudit-device: expected auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
     ([], "nemaudit_max_units = -3",
@@ -321,11 +322,13 @@ def test_bad_option_values_are_usage_errors(project, args, ini, message):
 
 def test_cli_wins_over_ini(project):
     project.makeini("[pytest]\nnemaudit_batch_size = nope\nnemaudit_seed = 5\n"
-                    "nemaudit_max_units = none\nnemaudit_cache_dir = cache\n")
+                    "nemaudit_max_units = none\nnemaudit_cache_dir = cache\n"
+                    "nemaudit_workers = 3\n")
     project.makepyfile(test_opts="""
         def test_options(nemaudit, pytestconfig):
             o = nemaudit.options
             assert (o.batch_size, o.seed, o.max_units, o.update) == (7, 5, None, False)
+            assert o.workers == 3 and nemaudit._state.auditor.workers == 3
             assert o.cache_dir == pytestconfig.rootpath / "cache"
         """)
     project.runpytest_inprocess("--nemaudit", "--nemaudit-batch-size=7").assert_outcomes(passed=1)

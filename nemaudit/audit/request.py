@@ -113,6 +113,8 @@ class Resolved:
     device: Any
     cache_dir: str | None = None
     batch_size: int = 64
+    #: DataLoader worker processes decoding the probe (``--workers``)
+    workers: int = 0
     #: cap on attacked units when the request sets none (``--nemaudit-max-units``)
     max_units: int | None = None
     progress: bool = False

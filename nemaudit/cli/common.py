@@ -33,6 +33,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="synthetic:n=2000,seed=0 | broden:PATH[,split=val][,max=N] | "
                         "folder:PATH | python:module:callable(...)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0,
+                   help="DataLoader worker processes decoding the probe ahead of the forward "
+                        "pass (default 0: in this process)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -84,11 +87,15 @@ def auditor(args: argparse.Namespace, cache: bool = True) -> Any:
         from nemaudit.errors import SpecError
 
         raise SpecError(f"--batch-size {args.batch_size}: expected an integer >= 1")
+    if getattr(args, "workers", 0) < 0:
+        from nemaudit.errors import SpecError
+
+        raise SpecError(f"--workers {args.workers}: expected an integer >= 0")
     cache_dir = None
     if cache and not getattr(args, "no_cache", False):
         cache_dir = getattr(args, "cache_dir", None)
     return Auditor(args.device, cache_dir=cache_dir, batch_size=args.batch_size,
-                   progress=not args.quiet)
+                   workers=getattr(args, "workers", 0), progress=not args.quiet)
 
 
 def prepare(args: argparse.Namespace, auditor: Any, requests: list[AuditRequest]) -> None:

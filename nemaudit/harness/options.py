@@ -34,6 +34,8 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "fail-on-warn": ("bool", "fail a property that holds at its point estimate but not at its "
                              "confidence bound (@ 95%); default: a warning"),
     "batch-size": ("string", "probe images per forward pass (default 64)"),
+    "workers": ("string", "DataLoader worker processes decoding the probe ahead of the "
+                          "forward pass (default 0)"),
     "max-units": ("string", "per-unit attacks attack at most this many units "
                             "(default: every labelled unit)"),
 }
@@ -72,6 +74,7 @@ class Options:
     compare: Path | None = None
     compare_fail: tuple[str, ...] = ()
     batch_size: int = 64
+    workers: int = 0
     max_units: int | None = None
 
     def to_json(self) -> dict:
@@ -118,6 +121,7 @@ def parse_options(config: pytest.Config) -> Options:
         opts.device = str(device).strip().lower()
     opts.seed = _int_option(config, "seed", 0, 0) or 0
     opts.batch_size = _int_option(config, "batch-size", 1, 64) or 64
+    opts.workers = _int_option(config, "workers", 0, 0) or 0
     opts.max_units = _int_option(config, "max-units", 1, None, allow_none=True)
     for name in ("json", "html"):
         value, src, base = _raw(config, name)

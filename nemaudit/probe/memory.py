@@ -8,9 +8,12 @@ in the narrowest integer type that holds the concept ids.
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Iterable, Iterator, Sequence
 
-from nemaudit.probe.base import ProbeDataset, ProbeItem
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from nemaudit.probe.base import ProbeBatch, ProbeDataset, ProbeItem, collate
 
 
 def pack(item: ProbeItem, concepts: int) -> tuple:
@@ -105,3 +108,59 @@ class MemoProbe(ProbeDataset):
         if self._fingerprint is None:
             self._fingerprint = self.source.fingerprint(samples)
         return self._fingerprint
+
+    def missing(self, indices: Sequence[int]) -> list[int]:
+        """The ``indices`` not kept yet."""
+        return [i for i in indices if i % len(self) not in self._items]
+
+    def worker_loader(self, indices: Sequence[int], batch_size: int, num_workers: int,
+                      pin_memory: bool = False) -> Iterable[ProbeBatch]:
+        """Batches of ``indices`` in order, the source decoded by ``num_workers`` worker
+        processes: the workers read and :func:`pack` items, this process keeps them (a
+        worker's own copy of the memo would be lost with it) and collates them."""
+        return _FillingLoader(self, list(indices), batch_size, num_workers, pin_memory)
+
+    def keep(self, i: int, packed: tuple) -> None:
+        if i not in self._items and self.nbytes < self.budget:
+            self._items[i] = packed
+            self.nbytes += packed_bytes(packed)
+
+
+class _PackedItems(Dataset):
+    """Worker side of :class:`_FillingLoader`: ``(index, pack(source[index]))``."""
+
+    def __init__(self, source: ProbeDataset, concepts: int, indices: list[int]) -> None:
+        self.source, self.concepts, self.indices = source, concepts, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> tuple[int, tuple]:
+        i = self.indices[k]
+        return i, pack(self.source[i], self.concepts)
+
+
+def _as_list(rows: list) -> list:
+    return rows
+
+
+class _FillingLoader:
+    def __init__(self, memo: MemoProbe, indices: list[int], batch_size: int, workers: int,
+                 pin_memory: bool) -> None:
+        self.memo, self.indices, self.batch_size = memo, indices, batch_size
+        self.workers, self.pin = workers, pin_memory
+
+    def __len__(self) -> int:
+        return -(-len(self.indices) // self.batch_size)
+
+    def __iter__(self) -> Iterator[ProbeBatch]:
+        n = len(self.memo)
+        data = _PackedItems(self.memo.source, self.memo.num_concepts,
+                            [i % n for i in self.indices])
+        loader = DataLoader(data, batch_size=self.batch_size, shuffle=False,
+                            collate_fn=_as_list, num_workers=self.workers, prefetch_factor=4)
+        for rows in loader:
+            for i, packed in rows:
+                self.memo.keep(i, packed)
+            batch = collate([unpack(packed, i) for i, packed in rows])
+            yield batch.pin_memory() if self.pin else batch

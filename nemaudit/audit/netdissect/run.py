@@ -450,7 +450,7 @@ def audit(model: torch.nn.Module, layer: str, probe: ProbeDataset,
 def audit_config(request: AuditRequest, resolved: Resolved) -> AuditConfig:
     """The runner's settings from a request (its own ``eta``/``iou_threshold``) and the run's
     batch size and default unit cap."""
-    kw: dict = {"batch_size": resolved.batch_size}
+    kw: dict = {"batch_size": resolved.batch_size, "num_workers": resolved.workers}
     for key in ("eta", "iou_threshold"):
         if request.get(key) is not None:
             kw[key] = request.get(key)

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Subset
 from nemaudit.errors import ActivationError
 from nemaudit.model.layers import LayerRecorder
 from nemaudit.probe.base import ProbeBatch, ProbeDataset, collate
+from nemaudit.probe.memory import MemoProbe
 
 
 def probe_loader(probe: ProbeDataset, batch_size: int = 64,
@@ -23,11 +24,18 @@ def probe_loader(probe: ProbeDataset, batch_size: int = 64,
 
     ``num_workers`` > 0 decodes (or renders) images in worker processes, ahead of the
     forward pass — on a GPU decoding is the bottleneck; the order stays the same, so the
-    result does too. ``pin_memory`` speeds up the copy to a CUDA device."""
+    result does too. A :class:`~nemaudit.probe.memory.MemoProbe` keeps what its workers
+    decoded (and needs no worker once it holds every wanted item). ``pin_memory`` speeds up
+    the copy to a CUDA device."""
     if len(probe) == 0:
         raise ValueError(f"the probe {getattr(probe, 'name', '')!r} has no images")
-    data = probe if indices is None else Subset(probe, list(indices))
     workers = max(0, int(num_workers))
+    if workers and isinstance(probe, MemoProbe):
+        wanted = list(range(len(probe))) if indices is None else list(indices)
+        if probe.missing(wanted):  # else every item is in memory: no worker to start
+            return probe.worker_loader(wanted, batch_size, workers, pin_memory)  # type: ignore[return-value]
+        workers = 0
+    data = probe if indices is None else Subset(probe, list(indices))
     return DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate,
                       num_workers=workers, pin_memory=pin_memory,
                       persistent_workers=False, prefetch_factor=4 if workers else None)
