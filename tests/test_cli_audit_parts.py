@@ -30,11 +30,11 @@ def test_audit_flags_defaults_and_help():
     assert a.pop("func") is audit.run
     assert a == {"command": "audit", "model": "nemaudit:conceptnet", "weights": None,
                  "normalize": None, "device": "auto", "probe": "synthetic:n=2000,seed=0",
-                 "batch_size": 64, "quiet": False, "layer": ["l"], "corruption": ["c"],
+                 "batch_size": 64, "workers": 0, "quiet": False, "layer": ["l"], "corruption": ["c"],
                  "units": None, "max_units": None, "method": "netdissect", "settings": [],
                  "eta": None, "iou_threshold": None, "cache_dir": ".nemaudit-cache",
                  "no_cache": False, "out": None, "show": 15}
-    helps = {x.option_strings[0]: x.help for x in sp._actions[8:]}  # after -h and the shared
+    helps = {x.option_strings[0]: x.help for x in sp._actions[9:]}  # after -h and the shared
     assert helps == {
         "--layer": "layer name (repeatable)",
         "--corruption": "e.g. gaussian:std=0.02,fraction=1.0 | bernoulli:std=6/255 | "

@@ -40,7 +40,7 @@ CACHEDIR_TAG = ("Signature: 8a477f597d28d172789f06886806bc55\n"
 
 #: the layout of a cached entry; bump it when DissectState gains or changes a field, so an
 #: old entry is never read as a new one
-FORMAT = 2
+FORMAT = 3
 
 
 def clean_run_key(model_fp: str, layer: str, probe_fp: str, config: DissectConfig,

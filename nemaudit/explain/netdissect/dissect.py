@@ -131,9 +131,11 @@ class PixelTable:
     ``labels[e]`` (one per label layer, 0 = none). ``scalars[p]`` are pair p's image-level
     entries. The mask of pair p at a threshold T ≥ cut is exactly its entries with value > T,
     so the pair's tally at any such T is :func:`.tally.accumulate` of those entries
-    (:meth:`tally`) — what makes incremental re-dissection cost what the change costs."""
+    (:meth:`tally`) — what makes incremental re-dissection cost what the change costs.
+    A pair's entries are stored by descending value, so its mask at T is a prefix of its run
+    (found by one binary search in :attr:`pair_key`): no entry below T is read."""
 
-    pair: torch.Tensor  # [E] int64, ascending
+    pair: torch.Tensor  # [E] int64, ascending; within a pair, by descending value
     value: torch.Tensor  # [E] float32
     labels: torch.Tensor  # [E, L] int32
     scalars: torch.Tensor  # [P, S] int64
@@ -143,16 +145,18 @@ class PixelTable:
     #: thresholds are one range of it (:meth:`between`)
     key: torch.Tensor  # [E] int64, ascending
     key_pair: torch.Tensor  # [E] int64
+    #: pair·2³² + (2³² − 1 − the value's order code), per entry in storage order: ascending
+    pair_key: torch.Tensor  # [E] int64
 
     def to_dict(self) -> dict:
         return {"pair": self.pair, "value": self.value, "labels": self.labels,
                 "scalars": self.scalars, "offsets": self.offsets, "key": self.key,
-                "key_pair": self.key_pair}
+                "key_pair": self.key_pair, "pair_key": self.pair_key}
 
     def to(self, device: torch.device | str) -> PixelTable:
         return PixelTable(*(t.to(device) for t in (self.pair, self.value, self.labels,
                                                    self.scalars, self.offsets, self.key,
-                                                   self.key_pair)))
+                                                   self.key_pair, self.pair_key)))
 
     def between(self, lo: torch.Tensor, hi: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
         """Pairs (indices) with an entry of value in (lo[u], hi[u]] for their unit u among
@@ -162,10 +166,10 @@ class PixelTable:
         stop = torch.searchsorted(self.key, _order_key(u, hi[u]), right=True)
         return self.key_pair[_ranges(start, stop)]
 
-    def entries(self, idx: torch.Tensor) -> torch.Tensor:
-        """Positions of the entries of pairs ``idx`` (their runs, concatenated): the work is
-        proportional to those entries, not to the table."""
-        return _ranges(self.offsets[idx], self.offsets[idx + 1])
+    def mask_ends(self, idx: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+        """For pairs ``idx``, the end of each one's entries with value > ``thresholds[k]``
+        (its mask at that threshold is ``offsets[idx[k]]:end[k]``)."""
+        return torch.searchsorted(self.pair_key, _pair_key(idx, thresholds))
 
     def tally(self, select: torch.Tensor, units: torch.Tensor, thresholds: torch.Tensor,
               label_category: torch.Tensor, out: IoUTally) -> None:
@@ -174,12 +178,11 @@ class PixelTable:
         idx = select.nonzero().flatten()
         if idx.numel() == 0:
             return
-        e = self.entries(idx)
-        pairs = self.pair[e]
-        keep = self.value[e] > thresholds[units[pairs]]
-        e, pairs = e[keep], pairs[keep]
-        f = torch.searchsorted(idx, pairs)  # position of each entry's pair within idx
-        count = torch.bincount(f, minlength=idx.numel())
+        start = self.offsets[idx]
+        stop = self.mask_ends(idx, thresholds[units[idx]])
+        count = (stop - start).clamp(min=0)
+        e = _ranges(start, stop)  # every mask pixel of the pairs, nothing below threshold
+        f = torch.repeat_interleave(torch.arange(idx.numel(), device=idx.device), count)
         accumulate(out, units[idx], count, f, self.labels[e], self.scalars[idx],
                    label_category)
 
@@ -378,12 +381,19 @@ def _order_key(units: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return units.to(torch.int64) * 2**32 + code
 
 
+def _pair_key(pairs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """pair·2³² + (2³² − 1 − order code of the value): ascending = by pair, then by
+    descending value (:class:`PixelTable`'s storage order)."""
+    code = _order_key(torch.zeros_like(pairs), values)
+    return pairs.to(torch.int64) * 2**32 + (2**32 - 1 - code)
+
+
 def pixel_table(maps: torch.Tensor, units: torch.Tensor, images: torch.Tensor,
                 cut: torch.Tensor, probe: ProbeDataset, batch_size: int, device: torch.device,
                 budget_bytes: float, chunk: int = 2048) -> PixelTable | None:
     """The :class:`PixelTable` of cached pairs (maps of ``units`` on ``images``): one
     upsampling and one label read per pair, done once with the clean run. None when it
-    would exceed ``budget_bytes`` (28 bytes and 4 per label layer an entry)."""
+    would exceed ``budget_bytes`` (36 bytes and 4 per label layer an entry)."""
     from nemaudit.explain.common.masks import upsample
 
     size = tuple(probe.seg_size)
@@ -404,7 +414,7 @@ def pixel_table(maps: torch.Tensor, units: torch.Tensor, images: torch.Tensor,
                 up = upsample(maps[sel], size)  # type: ignore[arg-type]
                 f, i, j = (up > cut[units[sel]][:, None, None]).nonzero(as_tuple=True)
                 lab = batch.pixel_labels[row[f], :, i, j].to(torch.int32)
-                total += f.numel() * (28 + 4 * lab.shape[1])
+                total += f.numel() * (36 + 4 * lab.shape[1])
                 if total > budget_bytes:
                     return None
                 pairs.append(sel[f])
@@ -423,16 +433,16 @@ def pixel_table(maps: torch.Tensor, units: torch.Tensor, images: torch.Tensor,
         return PixelTable(empty, torch.empty(0, device=device),
                           torch.empty(0, n_layers, dtype=torch.int32, device=device), scalars,
                           torch.zeros(p_all + 1, dtype=torch.int64, device=device), empty,
-                          empty)
+                          empty, empty)
     pair = torch.cat(pairs)
     value = torch.cat(values)
-    by_pair = torch.argsort(pair, stable=True)
+    pair_key, by_pair = torch.sort(_pair_key(pair, value), stable=True)
     offsets = torch.zeros(p_all + 1, dtype=torch.int64, device=device)
     offsets[1:] = torch.cumsum(torch.bincount(pair, minlength=p_all), 0)
     key, by_key = torch.sort(_order_key(units[pair], value), stable=True)
     return PixelTable(pair[by_pair], value[by_pair],
                       torch.cat([pad(t, n_layers) for t in labels])[by_pair], scalars, offsets,
-                      key, pair[by_key])
+                      key, pair[by_key], pair_key)
 
 
 def _empty_quantile(units: int, n_total: int, config: DissectConfig, device: torch.device,
