@@ -189,3 +189,39 @@ def test_order_key_sorts_as_unit_then_value(values, units):
             assert (k[i] == k[j]) == (bool(u[i] == u[j]) and bool(v[i] == v[j]))
     assert _order_key(torch.tensor([0]), torch.tensor([-0.0])) == \
         _order_key(torch.tensor([0]), torch.tensor([0.0]))
+
+
+@pytest.fixture(scope="module")
+def toy_state():
+    probe, model = ToyProbe(30), ToyNet()
+    return probe, dissect(model, "layer1", probe, CFG, keep_state=True)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.floats(0.0, 1.0), st.booleans())
+def test_pixel_table_tally_equals_tallying_the_maps(toy_state, q, on_an_entry):
+    """A pair's mask at T is its entries with value > T (strictly): the table's prefix search
+    must give the tally of upsampling and thresholding the cached maps, also when T is
+    exactly an entry's value (that pixel is out)."""
+    from nemaudit.explain.netdissect.dissect import tally_cached_pairs
+    from nemaudit.explain.netdissect.tally import IoUTally
+
+    probe, clean = toy_state
+    s, table = clean.state, clean.state.pixels
+    n_units = clean.units
+    values_by_unit = [table.value[s.units[table.pair] == u] for u in range(n_units)]
+    t = s.cut.clone()
+    for u, vals in enumerate(values_by_unit):
+        if vals.numel():
+            v = vals.sort().values[int(q * (vals.numel() - 1))]
+            t[u] = v if on_an_entry else (v + s.cut[u]) / 2
+    t = torch.maximum(t, s.cut)
+    lab_cat = clean.label_category()
+    shape = (n_units, clean.tally.both.shape[1], clean.tally.unit_cat.shape[1])
+    a, b = IoUTally.zeros(*shape, "cpu"), IoUTally.zeros(*shape, "cpu")
+    table.tally(torch.ones(s.units.shape[0], dtype=torch.bool), s.units, t, lab_cat, a)
+    tally_cached_pairs(s.maps, s.units, s.images, t, probe, 7, lab_cat, b, torch.device("cpu"))
+    for name in ("both", "unit_cat", "unit_pixels"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    if q < 0.5:
+        assert int(a.unit_pixels.sum()) > 0  # not a vacuous comparison of empty masks
