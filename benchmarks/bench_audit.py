@@ -7,7 +7,8 @@
    image·steps per second.
 2. The designed attack's cost per unit·image·step against a bare forward+backward of the
    model truncated at the layer, and U units attacked together against U one-unit calls.
-3. Incremental re-dissection: the corrupted side of a noise audit that poisons a fraction p,
+3. Gaussian noise per image against the truncated forward pass it feeds (goal ≤ 0.10).
+   Incremental re-dissection: the corrupted side of a noise audit that poisons a fraction p,
    as a fraction of a full dissection (goal ≤ p + 0.05), and against a full-mode audit.
 4. The sharded dissection at 1, 2 and 4 processes (``--procs``; benchmarks/bench_distributed.py).
 """
@@ -33,10 +34,15 @@ def pgd_throughput(model, probe, layer, args, device):
     units = (labels > 0).nonzero().flatten()[: args.units].tolist()
     targets = untargeted_targets(base.dissection.iou().cpu(), labels.cpu())
     batch = next(iter(probe_loader(probe, args.batch))).to(device)
+
+    def ours():
+        return attack_units(model, layer, batch, units, [int(labels[u]) for u in units],
+                            [int(targets[u]) for u in units], eps=4 / 255, steps=args.steps,
+                            max_copies=args.batch)
+
+    ours()  # warm-up, as for torchattacks below
     t0 = time.perf_counter()
-    res = attack_units(model, layer, batch, units, [int(labels[u]) for u in units],
-                       [int(targets[u]) for u in units], eps=4 / 255, steps=args.steps,
-                       max_copies=args.batch)
+    res = ours()
     ours_s = time.perf_counter() - t0
     pairs = int(res.poisoned.sum())
     atk = torchattacks.PGD(model, eps=4 / 255, alpha=2 * (4 / 255) / args.steps, steps=args.steps,
@@ -46,6 +52,7 @@ def pgd_throughput(model, probe, layer, args, device):
     # same number of image copies as our attack pushed through the network
     reps = max(1, round(pairs / len(batch)))
     imgs = batch.images.repeat(reps, 1, 1, 1)
+    atk(imgs[:args.batch], y.repeat(reps)[:args.batch])  # warm-up
     t0 = time.perf_counter()
     for s in range(0, imgs.shape[0], args.batch):
         atk(imgs[s:s + args.batch], y.repeat(reps)[s:s + args.batch])
@@ -103,6 +110,33 @@ def attack_costs(model, probe, layer, args, device):
     copies = int(pu.numel())
     return {"units": len(units), "copies": copies, "together": t_all, "single": t_single,
             "bare": t_bare, "per_ustep_us": t_all / max(copies * args.steps, 1) * 1e6}
+
+
+def noise_cost(model, probe, layer, args, device):
+    """Gaussian noise on a batch (every image poisoned, per-image (seed, index) generators)
+    against the forward pass it feeds (the model truncated at ``layer``, as the re-dissection
+    runs it), per image; best of 5 for both."""
+    from nemaudit.corrupt.noise import GaussianNoise
+    from nemaudit.explain.common.activations import probe_loader
+    from nemaudit.model.layers import LayerRecorder
+
+    batch = next(iter(probe_loader(probe, 64))).to(device)
+    noise = GaussianNoise(0.02)
+
+    def best(fn):
+        fn()
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    with torch.no_grad(), LayerRecorder(model, [layer], stop_at_layer=True) as rec:
+        fwd = best(lambda: rec.run(batch.images))
+    corrupt = best(lambda: noise(batch))
+    return {"images": len(batch), "noise_ms": corrupt / len(batch) * 1e3,
+            "forward_ms": fwd / len(batch) * 1e3}
 
 
 def incremental(model, probe, layer, args, device):
@@ -170,6 +204,10 @@ def main() -> None:
           f"same copies: {c['together'] / c['bare']:.2f}× (goal ≤ 1.3)")
     print(f"  {c['units']} units in one call {c['together']:.2f} s vs {c['units']} one-unit "
           f"calls {c['single']:.2f} s ({c['single'] / c['together']:.2f}× faster together)")
+    nz = noise_cost(model, probe, args.layer, args, device)
+    print(f"gaussian noise σ=0.02: {nz['noise_ms']:.3f} ms per image vs the forward pass up to "
+          f"{args.layer} {nz['forward_ms']:.3f} ms: {nz['noise_ms'] / nz['forward_ms']:.3f} of "
+          f"it (goal ≤ 0.10)")
     clean_s, full_s, rows = incremental(model, probe, args.layer, args, device)
     print(f"\nnoise audit on {args.n} images, layer {args.layer}: the clean baseline took "
           f"{clean_s:.2f} s once (then cached); a full dissection (no state kept) "
