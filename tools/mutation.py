@@ -58,7 +58,15 @@ MODULE_TESTS: dict[str, list[str]] = {
         "tests/test_audit.py",
         "tests/test_metric_meanings.py",
     ],
-    "nemaudit/audit/milan/run.py": ["tests/test_milan_audit.py", "tests/test_metric_meanings.py"],
+    "nemaudit/audit/milan/run.py": [
+        "tests/test_milan_audit.py",
+        "tests/test_metric_meanings.py",
+        "tests/test_milan_audit_exact.py",
+    ],
+    "nemaudit/audit/milan/__init__.py": [
+        "tests/test_milan_audit_exact.py",
+        "tests/test_milan_audit.py",
+    ],
     "nemaudit/corrupt/base.py": [
         "tests/test_corrupt_base.py",
         "tests/test_corrupt_spec.py",
@@ -67,15 +75,24 @@ MODULE_TESTS: dict[str, list[str]] = {
         "tests/test_corrupt_noise.py",
         "tests/test_boundaries.py",
     ],
-    "nemaudit/corrupt/pgd.py": ["tests/test_corrupt_pgd.py", "tests/test_metric_meanings.py"],
+    "nemaudit/corrupt/pgd.py": [
+        "tests/test_corrupt_pgd.py",
+        "tests/test_metric_meanings.py",
+        "tests/test_pgd_exact.py",
+    ],
     "nemaudit/corrupt/fgsm.py": ["tests/test_corrupt_fgsm.py", "tests/test_fgsm_exact.py"],
     "nemaudit/corrupt/noise.py": ["tests/test_corrupt_noise.py", "tests/test_noise_exact.py"],
     "nemaudit/corrupt/spec.py": ["tests/test_corrupt_spec.py", "tests/test_corrupt_spec_messages.py"],
     "nemaudit/explain/netdissect/tally.py": [
+        "tests/test_tally_incremental_exact.py",
         "tests/test_tally_labels.py",
         "tests/test_netdissect.py",
         "tests/test_incremental.py",
         "tests/test_distributed.py",  # IoUTally.sum_across_ranks and state_dict
+    ],
+    "nemaudit/explain/netdissect/incremental.py": [
+        "tests/test_incremental.py",
+        "tests/test_tally_incremental_exact.py",
     ],
     "nemaudit/explain/netdissect/dissect.py": ["tests/test_netdissect.py"],
     "nemaudit/explain/common": ["tests/test_netdissect.py", "tests/test_milan_exemplars.py"],

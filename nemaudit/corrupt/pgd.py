@@ -278,6 +278,7 @@ def attack_units(model: torch.nn.Module, layer: str, batch: ProbeBatch,
     """
     unit_list = [int(u) for u in (units.tolist() if isinstance(units, torch.Tensor) else units)]
     n_u, b = len(unit_list), len(batch)
+    step = check_steps(max_copies, "max_copies")  # copies per forward/backward
     src = _per_unit_maps(batch, _ids(sources), source_masks, n_u, "source")
     if src is None:
         raise ValueError("attack_units needs source concepts or source_masks")
@@ -300,8 +301,8 @@ def attack_units(model: torch.nn.Module, layer: str, batch: ProbeBatch,
                          random_start=random_start, seed=seed)
         unit_t = torch.tensor(unit_list, dtype=torch.int64, device=device)
         src_rows, tgt_rows = src[1].to(device), None if tgt is None else tgt[1].to(device)
-        for s in range(0, pu.numel(), max(1, int(max_copies))):
-            cu, cb = pu[s:s + max_copies], pb[s:s + max_copies]
+        for s in range(0, pu.numel(), step):
+            cu, cb = pu[s:s + step], pb[s:s + step]
             smaps = src[0][src_rows[cu], cb]
             tmaps = None if tgt is None else tgt[0][tgt_rows[cu], cb]
             keys = list(zip(batch.indices[cb].tolist(), unit_t[cu].tolist(), strict=True))

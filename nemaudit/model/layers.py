@@ -217,7 +217,10 @@ class LayerRecorder:
 
 
 def validate_units(units: Iterable[int], n_units: int) -> list[int]:
-    """Unit indices as a list, or a :class:`SpecError` naming the first out-of-range unit."""
+    """Unit indices as a list, or a :class:`SpecError` naming the first out-of-range unit.
+
+    An empty selection is an error too: an audit of no unit would pass every property
+    vacuously (a flip rate of 0 out of 0)."""
     out: list[int] = []
     for u in units:
         try:
@@ -230,4 +233,7 @@ def validate_units(units: Iterable[int], n_units: int) -> list[int]:
             raise SpecError(f"unit {i} is out of range: this layer has {n_units} units "
                             f"(valid: 0..{n_units - 1})")
         out.append(i)
+    if not out:
+        raise SpecError("no unit selected (an empty unit list): give at least one unit index, "
+                        "or none at all to audit every unit")
     return out
