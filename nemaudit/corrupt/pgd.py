@@ -200,7 +200,7 @@ class ConceptPGD:
                 delta = torch.clamp(adv - images, min=-self.eps, max=self.eps)
                 adv = torch.clamp(images + delta, min=0.0, max=1.0).detach()
             with torch.no_grad():
-                if self.random_start or self.steps == 0:
+                if self.random_start:
                     before = self._loss(rec, images, units, source_maps, target_maps)
                 # the final maps give the objective after the attack and are kept
                 # (:attr:`last_maps`): a re-dissection needs them, and need not run again
