@@ -55,6 +55,7 @@ MODULE_TESTS: dict[str, list[str]] = {
         "tests/test_confidence.py",
     ],
     "nemaudit/audit/netdissect/run.py": [
+        "tests/test_nd_run_exact.py",
         "tests/test_audit.py",
         "tests/test_metric_meanings.py",
     ],
@@ -107,8 +108,13 @@ MODULE_TESTS: dict[str, list[str]] = {
         "tests/test_cli_flags.py",
     ],
     "nemaudit/cli/dissect.py": ["tests/test_cli.py", "tests/test_cli_flags.py"],
-    "nemaudit/report/html.py": ["tests/test_report_escaping.py", "tests/test_escaping_fields.py"],
+    "nemaudit/report/html.py": [
+        "tests/test_html_exact.py",
+        "tests/test_report_escaping.py",
+        "tests/test_escaping_fields.py",
+    ],
     "nemaudit/report/html_parts.py": [
+        "tests/test_html_exact.py",
         "tests/test_report_escaping.py",
         "tests/test_report_methods.py",
         "tests/test_escaping_fields.py",

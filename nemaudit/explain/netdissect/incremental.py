@@ -79,9 +79,9 @@ def redissect(clean: Dissection, probe: ProbeDataset, changed: torch.Tensor,
     f, k = (flat >= st.cut[new_units][:, None]).nonzero(as_tuple=True)
     added = _pad_by_unit(new_units[f], flat[f, k], n_units)
     pool = torch.cat([kept, added], dim=1)
+    # exact iff at least m values ≥ cut remain (also when the buffer held every value: a new
+    # value below the cut is not in the pool, so the count says whether it could matter)
     exact = torch.isfinite(pool).sum(dim=1) >= q.needed
-    if q.capacity >= q.n_total:  # the buffer held every value: always exact
-        exact[:] = True
     new_t = read_quantile(pool.clamp(min=torch.finfo(pool.dtype).min), q.count, q.level)
     ok = todo & exact
     thresholds = torch.where(ok, new_t, clean.thresholds)
