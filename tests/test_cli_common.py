@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
 def test_shared_flags_defaults():
     assert vars(_parser().parse_args([])) == {
         "model": "nemaudit:conceptnet", "weights": None, "normalize": None, "device": "auto",
-        "probe": "synthetic:n=2000,seed=0", "batch_size": 64, "quiet": False,
+        "probe": "synthetic:n=2000,seed=0", "batch_size": 64, "workers": 0, "quiet": False,
         "cache_dir": ".nemaudit-cache", "no_cache": False}
     a = _parser().parse_args(["--weights", "w.pt", "--cache-dir", "c", "--no-cache",
                               "--batch-size", "3", "--quiet", "--device", "cpu"])
@@ -49,6 +49,8 @@ def test_shared_flags_help():
         "--probe": "synthetic:n=2000,seed=0 | broden:PATH[,split=val][,max=N] | folder:PATH | "
                    "python:module:callable(...)",
         "--batch-size": None,
+        "--workers": "DataLoader worker processes decoding the probe ahead of the forward pass "
+                     "(default 0: in this process)",
         "--quiet": "no progress bar",
         "--cache-dir": "clean-run cache, shared with pytest --nemaudit (default .nemaudit-cache)",
         "--no-cache": None,
@@ -88,10 +90,11 @@ def _args(**kw):
 def test_auditor_from_the_flags(monkeypatch):
     monkeypatch.setattr(nemaudit.auditor, "Auditor", _Recorder)
     a = common.auditor(_args())  # cache on by default; batch size 1 is allowed
-    assert (a.device, a.kw) == ("cpu", {"cache_dir": "cdir", "batch_size": 1, "progress": True})
-    a = common.auditor(_args(quiet=True, batch_size=7, device="cuda:1"))
+    assert (a.device, a.kw) == ("cpu", {"cache_dir": "cdir", "batch_size": 1, "workers": 0,
+                                        "progress": True})
+    a = common.auditor(_args(quiet=True, batch_size=7, device="cuda:1", workers=3))
     assert (a.device, a.kw) == ("cuda:1", {"cache_dir": "cdir", "batch_size": 7,
-                                           "progress": False})
+                                           "workers": 3, "progress": False})
     assert common.auditor(_args(no_cache=True)).kw["cache_dir"] is None
     assert common.auditor(_args(), cache=False).kw["cache_dir"] is None
     # a command without the cache flags: no --no-cache means the cache is on
