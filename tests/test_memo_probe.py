@@ -56,9 +56,14 @@ def test_worker_decoded_batches_are_the_sources_and_are_kept_here():
     assert isinstance(loader, _FillingLoader) and len(loader) == 2
     got = list(loader)
     assert sorted(memo._items) == [0, 1, 2, 7, 9] and memo.missing([0, 1, 2, 3]) == [3]
+    part = MemoProbe(src)
+    _ = part[1], part[9]  # a memo holding some of the items: workers send those as kept
+    mixed = list(probe_loader(part, 4, indices=[7, 1, 2, 9, 0], num_workers=2))
+    assert sorted(part._items) == [0, 1, 2, 7, 9]
     again = probe_loader(memo, 4, indices=[7, 1, 2, 9, 0], num_workers=2)
     assert not isinstance(again, _FillingLoader)  # all in memory: a plain in-process loader
-    for w, g, a in zip(want, got, list(again), strict=True):
+    for w, g, a, m in zip(want, got, list(again), mixed, strict=True):
         for name in ("images", "pixel_labels", "image_labels", "indices", "targets"):
-            x, y, z = getattr(w, name), getattr(g, name), getattr(a, name)
-            assert torch.equal(x, y) and torch.equal(x, z) and x.dtype == y.dtype, name
+            x, y, z, v = getattr(w, name), getattr(g, name), getattr(a, name), getattr(m, name)
+            assert torch.equal(x, y) and torch.equal(x, z) and torch.equal(x, v), name
+            assert x.dtype == y.dtype == v.dtype, name

@@ -99,9 +99,8 @@ class MemoProbe(ProbeDataset):
         if hit is not None:
             return unpack(hit, i)
         it = self.source[i]
-        if self.nbytes < self.budget:
-            self._items[i] = pack(it, self.num_concepts)
-            self.nbytes += packed_bytes(self._items[i])
+        if self.nbytes < self.budget:  # else do not even pack it
+            self.keep(i, pack(it, self.num_concepts))
         return it
 
     def fingerprint(self, samples: int = 32) -> str:
@@ -121,30 +120,32 @@ class MemoProbe(ProbeDataset):
         return _FillingLoader(self, list(indices), batch_size, num_workers, pin_memory)
 
     def keep(self, i: int, packed: tuple) -> None:
+        """Keep item ``i`` (packed) while within the budget."""
         if i not in self._items and self.nbytes < self.budget:
             self._items[i] = packed
             self.nbytes += packed_bytes(packed)
 
 
 class _PackedItems(Dataset):
-    """Worker side of :class:`_FillingLoader`: ``(index, pack(source[index]))``."""
+    """Worker side of :class:`_FillingLoader`: ``(index, packed item)``, from the memo when it
+    already held the item (as of the workers' start), else read from the source and packed."""
 
-    def __init__(self, source: ProbeDataset, concepts: int, indices: list[int]) -> None:
-        self.source, self.concepts, self.indices = source, concepts, indices
+    def __init__(self, memo: MemoProbe, indices: list[int]) -> None:
+        self.memo, self.indices = memo, indices
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, k: int) -> tuple[int, tuple]:
         i = self.indices[k]
-        return i, pack(self.source[i], self.concepts)
-
-
-def _as_list(rows: list) -> list:
-    return rows
+        hit = self.memo._items.get(i)
+        return i, hit if hit is not None else pack(self.memo.source[i], self.memo.num_concepts)
 
 
 class _FillingLoader:
+    """:meth:`MemoProbe.worker_loader`'s batches (iterable more than once, like a
+    DataLoader)."""
+
     def __init__(self, memo: MemoProbe, indices: list[int], batch_size: int, workers: int,
                  pin_memory: bool) -> None:
         self.memo, self.indices, self.batch_size = memo, indices, batch_size
@@ -155,10 +156,9 @@ class _FillingLoader:
 
     def __iter__(self) -> Iterator[ProbeBatch]:
         n = len(self.memo)
-        data = _PackedItems(self.memo.source, self.memo.num_concepts,
-                            [i % n for i in self.indices])
+        data = _PackedItems(self.memo, [i % n for i in self.indices])
         loader = DataLoader(data, batch_size=self.batch_size, shuffle=False,
-                            collate_fn=_as_list, num_workers=self.workers, prefetch_factor=4)
+                            collate_fn=list, num_workers=self.workers, prefetch_factor=4)
         for rows in loader:
             for i, packed in rows:
                 self.memo.keep(i, packed)

@@ -60,11 +60,11 @@ def redissect(clean: Dissection, probe: ProbeDataset, changed: torch.Tensor,
     n_units = clean.units
     n_images = len(probe)
     changed = changed.to(device)
-    if changed.dim() == 1:
-        changed = changed[None, :].expand(n_units, -1)
-    if changed.shape != (n_units, n_images):
+    if tuple(changed.shape) not in ((n_images,), (n_units, n_images)):
         raise ValueError(f"changed must be [N] or [U, N] = [{n_units}, {n_images}], "
                          f"got {tuple(changed.shape)}")
+    if changed.dim() == 1:
+        changed = changed[None, :].expand(n_units, -1)
     todo = torch.zeros(n_units, dtype=torch.bool, device=device)
     if units is None:
         todo[:] = True
