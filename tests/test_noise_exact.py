@@ -105,3 +105,28 @@ def test_jpeg_defaults_and_selection_reach_the_base():
     j = JPEGCompression(50)
     assert (j.seed, j.fraction, j.select_spec) == (0, 1.0, "random")
     assert JPEGCompression(50, select=[1, 2]).select_spec != "random"
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_noise_drawn_over_threads_equals_drawn_image_by_image(threads, monkeypatch):
+    """The threaded draw splits the batch over threads; each image's δ must still be its own
+    generator's draw, whatever the thread count (1 draws in order; 3 does not divide 8)."""
+    g = torch.Generator().manual_seed(1)
+    b = ProbeBatch(torch.rand(8, 3, 8, 8, generator=g), torch.zeros(8, 0, 4, 4, dtype=torch.int64),
+                   torch.zeros(8, 0, dtype=torch.int64), torch.tensor([7, 0, 3, 11, 2, 5, 9, 4]),
+                   torch.full((8,), -1))
+    c = GaussianNoise(0.1, seed=6)
+    expect = torch.stack([torch.randn(3, 8, 8, generator=torch.Generator().manual_seed(
+        derive_seed(6, "gaussian", i))) * 0.1 for i in b.indices.tolist()])
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    assert torch.equal(c.noise(b), expect)
+
+
+def test_an_error_while_drawing_on_a_thread_reaches_the_caller(monkeypatch):
+    class Broken(GaussianNoise):
+        def sample_into(self, out, generator):
+            raise RuntimeError("draw failed")
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    with pytest.raises(RuntimeError, match="draw failed"):
+        Broken(0.1).noise(_batch())

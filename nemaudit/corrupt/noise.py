@@ -14,7 +14,10 @@ can be told apart from the noise's.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -26,6 +29,13 @@ from nemaudit.probe.base import ProbeBatch
 
 __all__ = ["BernoulliNoise", "GaussianNoise", "JPEGCompression", "NoiseCorruption",
            "UniformNoise", "jpeg_roundtrip"]
+
+
+@lru_cache(maxsize=8)
+def _draw_pool(workers: int, pid: int) -> ThreadPoolExecutor:
+    """One pool per (size, process): a pool inherited through ``fork`` has no threads, so
+    a forked DataLoader worker gets its own (keyed by pid) instead of waiting forever."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nemaudit-noise")
 
 
 def check_quality(q: int | None, key: str = "quality") -> int | None:
@@ -94,13 +104,29 @@ class NoiseCorruption(Corruption):
         """One image's perturbation δ (float32, CPU), before clamping."""
         return self.sample_into(torch.empty(shape, dtype=torch.float32), generator)
 
+    def _draw_rows(self, out: torch.Tensor, indices: Sequence[int]) -> None:
+        g = torch.Generator()
+        for row, i in zip(out, indices, strict=True):
+            self.sample_into(row, image_generator(self.seed, self.kind, int(i), g))
+
     def noise(self, batch: ProbeBatch) -> torch.Tensor:
         """The unclamped perturbation of every image of ``batch`` (poisoned or not), drawn
-        image by image into one buffer (each image's own generator: batch-independent)."""
-        g = torch.Generator()
+        image by image into one buffer (each image's own generator: batch-independent).
+
+        A CPU generator fills one tensor on one core, so the images are split over
+        ``torch.get_num_threads()`` threads (torch releases the GIL while drawing), each with
+        its own generator; every image is still seeded by its (seed, kind, index) alone, so
+        the values are the same as drawn one after another."""
         out = torch.empty(batch.images.shape, dtype=torch.float32)
-        for row, i in zip(out, batch.indices.tolist(), strict=True):
-            self.sample_into(row, image_generator(self.seed, self.kind, int(i), g))
+        indices = batch.indices.tolist()
+        k = min(torch.get_num_threads(), len(indices))
+        if k <= 1:
+            self._draw_rows(out, indices)
+        else:
+            pool = _draw_pool(k, os.getpid())
+            for done in [pool.submit(self._draw_rows, out[j::k], indices[j::k])
+                         for j in range(k)]:
+                done.result()  # re-raises a worker's error here
         return out.to(device=batch.images.device, dtype=batch.images.dtype)
 
     def _corrupt(self, batch: ProbeBatch, model: torch.nn.Module | None) -> torch.Tensor:

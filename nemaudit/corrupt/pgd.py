@@ -181,6 +181,10 @@ class ConceptPGD:
         if images.numel() and (images.min() < 0 or images.max() > 1):
             raise ValueError("ConceptPGD takes images in [0, 1] (normalisation is the model "
                              "wrapper's job)")
+        if images.dim() == 4:
+            # channels-last convolutions run ~25% faster forward+backward on CPU (oneDNN's
+            # native layout); every op below is elementwise, so the layout is kept throughout
+            images = images.contiguous(memory_format=torch.channels_last)
         adv = images.clone()
         if self.random_start and self.eps > 0:
             adv = (adv + self._start(images, keys)).clamp(0.0, 1.0)
@@ -206,7 +210,7 @@ class ConceptPGD:
                 # (:attr:`last_maps`): a re-dissection needs them, and need not run again
                 self.last_maps = self._unit_maps(rec, adv, units).detach()
                 after = _objective(self.last_maps, source_maps, target_maps)
-        return adv, before.detach(), after.detach()
+        return adv.contiguous(), before.detach(), after.detach()
 
     def _start(self, images: torch.Tensor, keys: Sequence[Any] | None) -> torch.Tensor:
         if keys is None:
