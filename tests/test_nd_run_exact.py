@@ -290,6 +290,13 @@ def test_clean_run_without_cache_keeps_state_and_predictions(toy, clean):
     assert base.targets.tolist() == [probe[i].target for i in range(len(probe))]
 
 
+def test_clean_run_takes_a_device_name(toy, clean):
+    """``clean_run`` is public: a string device means the same device, cached under the same key."""
+    model, probe = toy
+    base = ndrun.clean_run(model, LAYER, probe, AuditConfig(dissect=DC, slack=3.0), "cpu")
+    assert torch.equal(base.dissection.thresholds, clean.thresholds)
+
+
 # --------------------------------------------------------------------------- units
 
 def _fake_clean(labels):

@@ -100,9 +100,10 @@ def predict(model: torch.nn.Module, probe: ProbeDataset, device: torch.device,
 
 
 def clean_run(model: torch.nn.Module, layer: str, probe: ProbeDataset,
-                   config: AuditConfig, device: torch.device,
-                   cache: CleanRunCache | None = None, progress: bool = False) -> CleanRun:
+              config: AuditConfig, device: torch.device | str,
+              cache: CleanRunCache | None = None, progress: bool = False) -> CleanRun:
     """The clean dissection with its incremental state, from the cache when possible."""
+    device = torch.device(device)  # a public entry: "cpu" is as good as torch.device("cpu")
     cache = cache or CleanRunCache(None)
     fp = model.fingerprint() if hasattr(model, "fingerprint") else None  # type: ignore[operator]
     key = None
