@@ -42,14 +42,22 @@ def job_dissect(keep_state: bool) -> dict:
     return out
 
 
-def job_audit(corruption: str) -> dict:
+def _steady(meta):
+    """``meta`` without what differs between runs: wall times and how many ranks took part."""
+    if isinstance(meta, dict):
+        return {k: _steady(v) for k, v in meta.items() if k not in ("seconds", "ranks")}
+    return meta
+
+
+def job_audit(corruption: str, **kw) -> dict:
     from nemaudit.audit.netdissect.run import AuditConfig, audit
     from nemaudit.explain.netdissect import DissectConfig
 
     model, probe = _setup()
     r = audit(model, "layer2", probe, corruption,
-              AuditConfig(dissect=DissectConfig(batch_size=16), unit_chunk=4, max_units=6))
-    return {"rows": r.rows, "metrics": r.metrics,
+              AuditConfig(dissect=DissectConfig(batch_size=16), unit_chunk=4, max_units=6, **kw))
+    return {"rows": r.rows, "metrics": r.metrics, "meta": _steady(r.meta),
+            "corrupted_meta": _steady(r.corrupted.meta),
             "thresholds": r.corrupted.thresholds, "tally": r.corrupted.tally.state_dict()}
 
 
@@ -114,6 +122,8 @@ def main() -> int:
         name, _, arg = job.partition(":")
         res = {"dissect": lambda: job_dissect(arg == "state"),
                "audit": lambda: job_audit(arg),
+               # a quantile buffer with no slack: units recomputed in full, and a bootstrap
+               "audit-tight": lambda: job_audit(arg, slack=1.0, bootstrap=20),
                "milan": lambda: job_milan(arg),
                "fool": lambda: job_fool(arg),
                "fail": lambda: job_fail(arg)}[name]()

@@ -129,6 +129,17 @@ def test_sharded_audit_equals_single_process(tmp_path, corruption):
     assert_sharded_equals_single(f"audit:{corruption}", 2, tmp_path)
 
 
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_attack_recomputing_units_in_full_equals_single_process(tmp_path, world):
+    """Each rank re-dissects the units it attacked (and recomputes in full those its kept
+    state cannot read); the gathered rows, meta and probe-bootstrap intervals are one
+    process's. With 3 ranks and 2 blocks of units one rank attacks nothing."""
+    ref = assert_sharded_equals_single("audit-tight:pgd:eps=0.0313725,steps=3,seed=0", world,
+                                       tmp_path)
+    assert ref["corrupted_meta"]["recomputed_in_full"]  # the case exercises the recompute
+    assert ref["meta"]["bootstrap"]
+
+
 @pytest.mark.parametrize("corruption", ["gaussian:std=0.05,seed=1",
                                         "pgd:eps=0.0156863,steps=2,seed=0"])
 def test_sharded_milan_descriptions_equal_single_process(tmp_path, corruption):

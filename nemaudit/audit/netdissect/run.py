@@ -276,8 +276,8 @@ def _per_unit(model, layer, probe, corruption: UnitCorruption, base, config, dev
     relevant = {u: (presence[:, pos[sources[u]]] | presence[:, pos[targets[u]]]) & selected
                 for u in attacked}
     group = dist.active()
-    # in a process group each rank attacks its blocks of units (the chunks a single process
-    # forms), then every rank gathers all units' new maps and re-dissects them all
+    # in a process group each rank attacks and re-dissects its blocks of units (the chunks a
+    # single process forms); the rows are gathered below
     mine = attacked if group is None else dist.shard_items(attacked, group.rank, group.world,
                                                            block=config.unit_chunk)
     changed = torch.zeros(clean.units, len(probe), dtype=torch.bool)
@@ -321,30 +321,32 @@ def _per_unit(model, layer, probe, corruption: UnitCorruption, base, config, dev
                             pair_images.append(batch.indices[pb[sl]])
                 changed[chunk_t[pu].cpu(), idx[pb.cpu()]] = True
             task.advance(len(batch))
-    pieces = [maps, pair_units, pair_images, before, after]
+    pairs = _cat_pairs(maps, pair_units, pair_images, device)
+    # a unit's rows depend on its own pairs only: each rank re-dissects (and, where the kept
+    # state cannot read its threshold, recomputes in full) the units it attacked, and the
+    # rows are gathered, so no rank repeats another's work
+    corrupted, inexact = redissect(clean, probe, changed, *pairs,
+                                   units=torch.tensor(mine, dtype=torch.long),
+                                   batch_size=config.dissect.batch_size)
+    full_units = inexact.nonzero().flatten().tolist()
+    if collect is not None:
+        collect["full"] = []
+    if full_units:
+        _recompute_units(model, layer, probe, clean, corrupted, full_units, *pairs, config,
+                         device, collect=collect)
     if group is not None:
-        parts = dist.all_gather_objects(pieces, "gathering the units' attacks")
-        pieces = [[t for part in parts for t in part[i]] for i in range(5)]
+        pairs, full_units, before, after = _gather_units(corrupted, mine, pairs, full_units,
+                                                         before, after, collect, device)
         changed = dist.all_sum(changed.to(torch.int64), "gathering poisoned images") > 0
-    maps, pair_units, pair_images, before, after = pieces
-    if maps:
-        pairs = (torch.cat(maps).to(device), torch.cat(pair_units).to(device),
-                 torch.cat(pair_images).to(device))
-    else:
-        pairs = (torch.empty(0, 1, 1, device=device), torch.empty(0, dtype=torch.long, device=device),
-                 torch.empty(0, dtype=torch.long, device=device))
+    corrupted.meta["inexact_units"] = []  # every inexact unit was recomputed
+    if full_units:
+        corrupted.meta["recomputed_in_full"] = full_units
     # sums in a fixed order (ascending values), so any split over ranks gives the same bits
     objective = {"before": float(torch.cat(before).sort().values.sum()) if before else 0.0,
                  "after": float(torch.cat(after).sort().values.sum()) if after else 0.0,
                  "pairs": sum(int(t.numel()) for t in before)}
-    corrupted, inexact = redissect(clean, probe, changed, *pairs,
-                                   units=torch.tensor(attacked), batch_size=config.dissect.batch_size)
-    full_units = inexact.nonzero().flatten().tolist()
     if collect is not None:  # the corrupted side's pairs, for a probe bootstrap
         collect.update(changed=changed, new=pairs, recomputed=full_units, targets=targets)
-    if full_units:
-        _recompute_units(model, layer, probe, clean, corrupted, full_units, *pairs, config,
-                         device, collect=collect)
     rows, metrics = compare(clean, corrupted, attacked, targets)
     n_poisoned = changed[attacked].sum(dim=1).float()
     info = {"mode": "per-unit incremental", "attacked_units": len(attacked),
@@ -354,6 +356,42 @@ def _per_unit(model, layer, probe, corruption: UnitCorruption, base, config, dev
             "objective_mean_before": objective["before"] / max(objective["pairs"], 1),
             "objective_mean_after": objective["after"] / max(objective["pairs"], 1)}
     return corrupted, rows, metrics, info
+
+
+def _cat_pairs(maps, units, images, device):
+    """(maps, units, images) of the pairs kept in lists of pieces; empty with a placeholder
+    map shape ``[0, 1, 1]`` when there are none."""
+    if maps:
+        return (torch.cat(maps).to(device), torch.cat(units).to(device),
+                torch.cat(images).to(device))
+    return (torch.empty(0, 1, 1, device=device), torch.empty(0, dtype=torch.long, device=device),
+            torch.empty(0, dtype=torch.long, device=device))
+
+
+def _gather_units(corrupted, mine, pairs, full_units, before, after, collect, device):
+    """Every rank's re-dissected rows written into ``corrupted`` on every rank (in place);
+    returns all ranks' pairs (only gathered for a probe bootstrap, which reads them), units
+    recomputed in full (ascending, as one process lists them) and objective pieces."""
+    fields = ("both", "unit_cat", "unit_pixels")
+    rows = torch.tensor(mine, dtype=torch.long, device=device)
+    piece = {"units": rows, "thresholds": corrupted.thresholds[rows],
+             "tally": [getattr(corrupted.tally, f)[rows] for f in fields],
+             "full": full_units, "before": before, "after": after,
+             "pairs": pairs if collect is not None else None,
+             "full_pairs": collect["full"] if collect is not None else None}
+    parts = dist.all_gather_objects(piece, "gathering the units' re-dissections")
+    for part in parts:
+        u = part["units"].to(device)
+        corrupted.thresholds[u] = part["thresholds"].to(device)
+        for f, t in zip(fields, part["tally"], strict=True):
+            getattr(corrupted.tally, f)[u] = t.to(device)
+    if collect is not None:
+        held = [part["pairs"] for part in parts if part["pairs"][0].shape[0]]
+        pairs = _cat_pairs(*([p[i] for p in held] for i in range(3)), device)
+        collect["full"] = [e for part in parts for e in part["full_pairs"]]
+    return (pairs, sorted(u for part in parts for u in part["full"]),
+            [t for part in parts for t in part["before"]],
+            [t for part in parts for t in part["after"]])
 
 
 def _recompute_units(model, layer, probe, clean, corrupted, units, new_maps, new_units,
@@ -400,8 +438,6 @@ def _recompute_units(model, layer, probe, clean, corrupted, units, new_maps, new
         corrupted.tally.unit_cat[cols] = fresh.unit_cat[cols]
         corrupted.tally.unit_pixels[cols] = fresh.unit_pixels[cols]
         del full
-    corrupted.meta["inexact_units"] = []
-    corrupted.meta["recomputed_in_full"] = list(units)
 
 
 def audit(model: torch.nn.Module, layer: str, probe: ProbeDataset,
