@@ -97,6 +97,12 @@ MODULE_TESTS: dict[str, list[str]] = {
     ],
     "nemaudit/explain/netdissect/dissect.py": ["tests/test_netdissect.py"],
     "nemaudit/explain/common": ["tests/test_netdissect.py", "tests/test_milan_exemplars.py"],
+    "nemaudit/explain/saliency/metrics.py": ["tests/test_fooling.py",
+                                             "tests/test_saliency_metrics_exact.py"],
+    "nemaudit/explain/saliency/__init__.py": ["tests/test_saliency_interpreters.py"],
+    "nemaudit/corrupt/manipulate/losses.py": ["tests/test_fooling.py",
+                                              "tests/test_saliency_metrics_exact.py"],
+    "nemaudit/audit/saliency/run.py": ["tests/test_saliency_audit.py", "tests/test_fooling.py"],
     "nemaudit/cli/common.py": [
         "tests/test_cli_common.py",
         "tests/test_cli.py",

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from nemaudit.errors import SpecError
+from nemaudit.explain.saliency.metrics import _EPS, min_max
 
 #: interpreter name → (needs a target layer, one-line description)
 INTERPRETERS: dict[str, tuple[bool, str]] = {
@@ -44,7 +45,6 @@ INTERPRETERS: dict[str, tuple[bool, str]] = {
     "lrp": (False, "LRP-composite (eps on linear, alpha1-beta0 on conv) at the input"),
     "lrp_t": (True, "LRP-composite relevance at a layer"),
 }
-_EPS = 1e-8
 
 
 def check_interpreter(name: str) -> str:
@@ -114,12 +114,6 @@ def _max_norm(h: torch.Tensor) -> torch.Tensor:
     return h / (h.flatten(1).amax(1)[:, None, None] + _EPS)
 
 
-def _min_max(h: torch.Tensor) -> torch.Tensor:
-    lo = h.flatten(1).amin(1)[:, None, None]
-    hi = h.flatten(1).amax(1)[:, None, None]
-    return (h - lo) / (hi - lo + _EPS)
-
-
 def gradcam(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, layer: str, *,
             create_graph: bool = False, normalise: bool = True) -> torch.Tensor:
     """Grad-CAM (Selvaraju et al. 2017) at ``layer``: ReLU(Σ_k mean(∂y_c/∂A_k)·A_k)."""
@@ -146,7 +140,7 @@ def simplegrad(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
         return g
     if layer is None:
         return g / (g.flatten(1).sum(1)[:, None, None] + _EPS)
-    return _min_max(g)
+    return min_max(g)
 
 
 def heatmap(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, interpreter: str,

@@ -430,7 +430,8 @@ def lrp(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
     (ReLU then per-image min-max). ``create_graph=True`` keeps the map differentiable in the
     model's parameters.
     """
-    from nemaudit.explain.saliency import _max_norm, _min_max, check_targets
+    from nemaudit.explain.saliency import _max_norm, check_targets
+    from nemaudit.explain.saliency.metrics import min_max
     from nemaudit.model.layers import resolve_layer
 
     if images.dim() != 4:
@@ -457,7 +458,7 @@ def lrp(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
     h = rel.sum(1)
     if not normalise:
         return h
-    return _max_norm(h) if target is None else _min_max(torch.relu(h))
+    return _max_norm(h) if target is None else min_max(torch.relu(h))
 
 
 __all__ = ["EPSILON", "STABILIZER", "LRPLayer", "lrp", "lrp_layers", "run_layers"]
