@@ -332,6 +332,26 @@ def test_presence_matches_the_items(toy):
         assert got[i].tolist() == [c in have for c in concepts], i
 
 
+class TwoTagProbe(ToyProbe):
+    """ToyProbe whose every third image carries two image-level labels."""
+
+    def __getitem__(self, i):
+        import dataclasses
+
+        it = super().__getitem__(i)
+        return dataclasses.replace(it, image_labels=torch.tensor([6, 7])) if i % 3 == 2 else it
+
+
+def test_presence_reads_every_image_label():
+    probe = TwoTagProbe(12)
+    got = ndrun._presence(probe, [7, 6, 3], 4, CPU)
+    for i in range(12):
+        it = probe[i]
+        have = set(it.pixel_labels.flatten().tolist()) | set(it.image_labels.tolist())
+        assert got[i].tolist() == [c in have for c in (7, 6, 3)], i
+    assert got[2].tolist()[:2] == [True, True]
+
+
 # --------------------------------------------------------------------------- per unit
 
 PGD = "pgd:eps=16/255,steps=3"
@@ -362,7 +382,7 @@ def test_per_unit_info_counted_by_hand(toy, per_unit, spec):
     atk = bound_corruption(spec, probe)
     assert spec == PGD or len(atk.poisoned_indices(probe)) == 20
     selected = set(atk.poisoned_indices(probe))
-    counts, before = [], []
+    counts, before, after = [], [], []
     for row in r.rows:
         src, tgt = probe.concept_id(row["clean_label"]), probe.concept_id(row["target"])
         hits = []
@@ -378,11 +398,13 @@ def test_per_unit_info_counted_by_hand(toy, per_unit, spec):
         res = atk.attack_units(model, LAYER, b, [row["unit"]], [src], {row["unit"]: tgt})
         assert bool(res.poisoned.all())
         before += res.objective_before[0].tolist()
+        after += res.objective_after[0].tolist()
     assert r.meta["mode"] == "per-unit incremental"
     assert r.meta["attacked_units"] == 3
     assert r.meta["poisoned_images_per_unit_mean"] == pytest.approx(sum(counts) / 3)
     assert r.meta["poisoned_share_per_unit_mean"] == pytest.approx(sum(counts) / 3 / 40)
     assert r.meta["objective_mean_before"] == pytest.approx(sum(before) / len(before), rel=1e-5)
+    assert r.meta["objective_mean_after"] == pytest.approx(sum(after) / len(after), rel=1e-5)
     assert r.meta["objective_mean_after"] < r.meta["objective_mean_before"]
     assert r.meta["units_recomputed_in_full"] == len(r.corrupted.meta.get(
         "recomputed_in_full", []))
@@ -538,6 +560,133 @@ def test_targeted_attack_leaves_out_units_on_the_target(toy, clean):
     assert r.meta["attacked_units"] == len(others)
 
 
+def test_targeted_chunks_skip_a_unit_with_only_its_target_in_the_batch(toy):
+    """A targeted attack poisons the images holding a unit's source; an image holding only
+    its target is still read for it (the loader takes source or target). Unit 0 (red) comes
+    first: on a blue image with the target, its chunk poisons nothing, and unit 12 (blue),
+    in the next chunk, must still be attacked there."""
+    model, probe = toy
+    spec = "pgd:eps=16/255,steps=2,targeted=true,target=beach"
+    one = audit(model, LAYER, probe, spec, AuditConfig(dissect=DC, unit_chunk=1,
+                                                        attack_batch=1), units=[0, 12])
+    together = audit(model, LAYER, probe, spec, CFG, units=[0, 12])
+    _same_rows(together.rows, one.rows)
+    assert one.meta["poisoned_images_per_unit_mean"] == together.meta[
+        "poisoned_images_per_unit_mean"]
+    assert one.meta["objective_mean_after"] == pytest.approx(
+        together.meta["objective_mean_after"], rel=1e-5)
+
+
+def test_per_unit_attack_that_poisons_nothing_changes_nothing(toy, clean):
+    model, probe = toy
+    r = audit(model, LAYER, probe, PGD + ",fraction=0", CFG, units=[0, 12, 3])
+    assert r.meta["poisoned_images_per_unit_mean"] == 0.0
+    assert r.meta["objective_mean_before"] == 0.0 and r.meta["objective_mean_after"] == 0.0
+    assert r.meta["units_recomputed_in_full"] == 0
+    assert not any(x["changed"] for x in r.rows)
+    assert torch.equal(r.corrupted.thresholds, clean.thresholds)
+    assert torch.equal(r.corrupted.tally.both, clean.tally.both)
+
+
+def test_objective_means_of_a_single_poisoned_pair(toy):
+    """One selected image (fraction 1/40) that holds unit 12's source or target: the means
+    are that one pair's values."""
+    from nemaudit.probe.base import collate
+
+    model, probe = toy
+    for seed in range(40):
+        spec = f"{PGD},fraction=0.025,seed={seed}"
+        r = audit(model, LAYER, probe, spec, CFG, units=[12])
+        if r.meta["poisoned_images_per_unit_mean"] == 1.0:
+            break
+    else:
+        raise AssertionError("no seed selects an image of unit 12's concepts")
+    atk = bound_corruption(spec, probe)
+    (i,) = atk.poisoned_indices(probe)
+    row = r.rows[0]
+    src, tgt = probe.concept_id(row["clean_label"]), probe.concept_id(row["target"])
+    res = atk.attack_units(model, LAYER, collate([probe[i]]), [12], [src], {12: tgt})
+    assert bool(res.poisoned.all())
+    assert r.meta["objective_mean_before"] == pytest.approx(float(res.objective_before[0, 0]),
+                                                            rel=1e-6)
+    assert r.meta["objective_mean_after"] == pytest.approx(float(res.objective_after[0, 0]),
+                                                           rel=1e-6)
+
+
+def test_audit_meta_seconds_and_probe_name(toy):
+    import time
+
+    model, probe = toy
+    t0 = time.perf_counter()
+    r = audit(model, LAYER, probe, "gaussian:std=0.1,fraction=0.5", CFG)
+    wall = time.perf_counter() - t0
+    assert 0.0 < r.meta["seconds"] <= wall + 1e-3
+    assert r.meta["seconds"] == round(r.meta["seconds"], 3)
+    assert r.meta["probe"] == "toy"
+    unnamed = ToyProbe(16)
+    unnamed.name = "probe"  # ProbeDataset's default
+    assert audit(model, LAYER, unnamed, "gaussian:std=0.1", CFG).meta["probe"] == "probe"
+
+
+def test_clean_run_locks_its_cache_entry_while_it_computes(tmp_path, monkeypatch):
+    """Two processes must not compute one entry twice: the lock on the entry's key is held
+    around the load and the computation (and none is taken without a key)."""
+    from nemaudit.audit.netdissect.cache import CleanRunCache
+
+    probe = ToyProbe(16)
+    model = NormalizedModel(ToyNet(), "none")
+    held: list = []
+    real_lock, real_clean = CleanRunCache.lock, ndrun._clean
+
+    class Spy:
+        def __init__(self, inner, key):
+            self.inner, self.key = inner, key
+
+        def __enter__(self):
+            held.append(self.key)
+            return self.inner.__enter__()
+
+        def __exit__(self, *a):
+            held.remove(self.key)
+            return self.inner.__exit__(*a)
+
+    monkeypatch.setattr(CleanRunCache, "lock", lambda self, key: Spy(real_lock(self, key), key))
+    seen: list = []
+    monkeypatch.setattr(ndrun, "_clean", lambda *a: seen.append(list(held)) or real_clean(*a))
+    ndrun.clean_run(model, LAYER, probe, CFG, CPU, CleanRunCache(tmp_path))
+    key = clean_run_key(model.fingerprint(), LAYER, probe.fingerprint(), DC,
+                        {"slack": 2.0, "device": "cpu"})
+    assert seen == [[key]] and held == []
+    seen.clear()
+    ndrun.clean_run(ToyNet(), LAYER, probe, CFG, CPU, CleanRunCache(tmp_path / "none"))
+    assert seen == [[]]  # no fingerprint: no key, no lock
+    assert not (tmp_path / "none").exists() or not list((tmp_path / "none").glob("clean-*"))
+
+
+def test_a_group_reads_the_clean_run_from_the_cache_and_never_caches_a_nameless_model(
+        tmp_path, monkeypatch, group_of_one):
+    probe, model = ColourProbe(20), NormalizedModel(ColourNet().eval(), "none")
+    cfg = AuditConfig(dissect=DC)
+    from nemaudit.audit.netdissect.cache import CleanRunCache
+
+    first = ndrun.clean_run(model, "model.net.layer2", probe, cfg, CPU, CleanRunCache(tmp_path))
+    key = clean_run_key(model.fingerprint(), "model.net.layer2", probe.fingerprint(), DC,
+                        {"slack": 2.0, "device": "cpu"})
+    assert [p.name for p in tmp_path.glob("clean-*.pt")] == [f"clean-{key}.pt"]
+
+    def boom(*a):
+        raise AssertionError("computed again")
+
+    monkeypatch.setattr(ndrun, "_clean", boom)
+    again = ndrun.clean_run(model, "model.net.layer2", probe, cfg, CPU, CleanRunCache(tmp_path))
+    assert torch.equal(again.dissection.thresholds, first.dissection.thresholds)
+    assert torch.equal(again.predictions, first.predictions)
+    monkeypatch.undo()
+    ndrun.clean_run(ColourNet().eval(), "net.layer2", probe, cfg, CPU,
+                    CleanRunCache(tmp_path / "none"))
+    assert not (tmp_path / "none").exists() or not list((tmp_path / "none").glob("clean-*"))
+
+
 # --------------------------------------------------------------------------- entry points
 
 def test_audit_config_and_run_request(toy, clean, tmp_path):
@@ -594,6 +743,8 @@ def test_per_unit_bootstrap(toy):
     r = audit(model, LAYER, probe, "pgd:eps=16/255,steps=1",
               AuditConfig(dissect=DC, bootstrap=20, slack=1.0), units=[0, 12, 3])
     assert r.probe_bootstrap is not None and "skipped" not in r.meta["bootstrap"]
+    flags = r.probe_bootstrap.flags  # every attacked unit has a target: its hits resample
+    assert flags["target"].all() and flags["target_hit"].shape == flags["changed"].shape
 
 
 # --------------------------------------------------------------------------- process group

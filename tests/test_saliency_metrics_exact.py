@@ -95,6 +95,9 @@ def test_location_loss_is_the_mean_squared_distance_to_the_frame(signed):
                    for r in range(14) for c in range(9)) / (14 * 9)
         assert float(got[i]) == pytest.approx(want, rel=1e-12)
     assert penalty("location", h, None, signed_input_map=signed).tolist() == got.tolist()
+    if not signed:  # the default: a map in [0, 1], the inside of the frame 0
+        assert penalty("location", h, None).tolist() == got.tolist()
+        assert passive_test_loss("location", h, h).tolist() == got.tolist()
     assert passive_test_loss("location", h, h, signed_input_map=signed).tolist() == got.tolist()
 
 
@@ -154,6 +157,18 @@ def test_center_shift_is_l1_and_the_test_loss_l2_over_the_diagonal():
     assert float(center_test_loss(h, h0)) == pytest.approx(math.sqrt(20) / diag, rel=1e-7)
     assert float(penalty("center", h, h0)) == pytest.approx(-6.0, rel=1e-7)  # maximised
     assert float(passive_test_loss("center", h, h0)) == pytest.approx(math.sqrt(20) / diag, rel=1e-7)
+
+
+@pytest.mark.parametrize(("h", "w"), [(2, 2), (2, 5), (5, 2), (3, 8)])
+def test_center_losses_per_image_by_hand(h, w):
+    a, b = maps(3, h, w, seed=30) ** 2, maps(3, h, w, seed=31) ** 2
+    shift, test = center_shift(a, b), center_test_loss(a, b)
+    assert shift.shape == (3,) and test.shape == (3,)
+    for i in range(3):
+        (r1, c1), (r0, c0) = center_by_hand(a[i].tolist()), center_by_hand(b[i].tolist())
+        assert float(shift[i]) == pytest.approx(abs(r1 - r0) + abs(c1 - c0), rel=1e-9)
+        diag = math.sqrt(2) * (max(h, w) - 1)
+        assert float(test[i]) == pytest.approx(math.hypot(r1 - r0, c1 - c0) / diag, rel=1e-9)
 
 
 def test_center_test_loss_of_a_one_pixel_map_divides_by_one():
@@ -229,8 +244,16 @@ def test_spearman_of_a_constant_map_is_zero_and_keeps_the_dtype():
     assert spearman(b, -b).tolist() == pytest.approx([-1.0, -1.0], abs=1e-6)
 
 
+def test_spearman_of_two_pixel_maps():
+    """The smallest rankings: Σ(r − r̄)² = ½, so ρ is ±1 without any floor on the norm."""
+    a = torch.tensor([[[0.0, 1.0]], [[0.0, 1.0]], [[2.0, 2.0]]])
+    b = torch.tensor([[[0.0, 1.0]], [[1.0, 0.0]], [[0.0, 1.0]]])
+    assert spearman(a, b).tolist() == [1.0, -1.0, 0.0]
+
+
 def test_spearman_refuses_maps_of_different_shapes_naming_both():
-    with pytest.raises(SpecError, match=r"\(1, 2, 3\) vs \(1, 3, 2\)"):
+    with pytest.raises(SpecError, match=r"\(1, 2, 3\) vs \(1, 3, 2\); compare maps of the "
+                                        r"same interpreter and layer"):
         spearman(torch.zeros(1, 2, 3), torch.zeros(1, 3, 2))
 
 
@@ -240,3 +263,42 @@ def test_min_max_scales_each_map_on_its_own():
     got = min_max(m)
     assert got[0].flatten().tolist() == pytest.approx([0.0, 0.5, 0.25, 1.0], rel=1e-7)
     assert got[1].tolist() == [[0.0, 0.0], [0.0, 0.0]]  # constant: 0 (ε keeps it finite)
+
+
+# --------------------------------------------------------------------------- AOPC's cell order
+
+def bilinear_by_hand(m: list[list[float]], out_h: int, out_w: int) -> list[list[float]]:
+    """Bilinear upsampling with half-pixel centres (``align_corners=False``, the rule of
+    PIL and of torch's default): source coordinate (d + ½)·in/out − ½, clamped at 0."""
+    in_h, in_w = len(m), len(m[0])
+
+    def src(d: int, n_in: int, n_out: int) -> tuple[int, int, float]:
+        x = max((d + 0.5) * n_in / n_out - 0.5, 0.0)
+        lo = min(int(math.floor(x)), n_in - 1)
+        return lo, min(lo + 1, n_in - 1), x - lo
+
+    out = []
+    for y in range(out_h):
+        y0, y1, wy = src(y, in_h, out_h)
+        row = []
+        for x in range(out_w):
+            x0, x1, wx = src(x, in_w, out_w)
+            top = m[y0][x0] * (1 - wx) + m[y0][x1] * wx
+            bot = m[y1][x0] * (1 - wx) + m[y1][x1] * wx
+            row.append(top * (1 - wy) + bot * wy)
+        out.append(row)
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_aopc_cell_order_upsamples_with_half_pixel_centres(seed):
+    from nemaudit.explain.saliency.metrics import _cell_order
+
+    small = maps(2, 3, 5, seed=40 + seed) ** 4  # a map coarser than the image, skewed
+    got = _cell_order(small, 4, (16, 16))
+    for i in range(2):
+        up = bilinear_by_hand(small[i].tolist(), 16, 16)
+        cells = [sum(up[r][c] for r in range(4 * cy, 4 * cy + 4) for c in range(4 * cx, 4 * cx + 4))
+                 / 16 for cy in range(4) for cx in range(4)]
+        want = sorted(range(16), key=lambda j: -cells[j])  # stable: ties keep index order
+        assert got[i].tolist() == want

@@ -60,7 +60,7 @@ class CleanRun:
 
 
 def _classifies_probe(model: torch.nn.Module, probe: ProbeDataset) -> bool:
-    names = getattr(probe, "class_names", None)
+    names = probe.class_names
     if not names or probe[0].target < 0:
         return False
     meta = getattr(model, "meta", {}) or {}
@@ -148,6 +148,16 @@ def _clean_run_in_group(model, layer, probe, config, device, cache, key, progres
     return CleanRun(d, preds, targets)
 
 
+def _cat_pairs(maps, units, images, device):
+    """(maps, units, images) of the pairs kept in lists of pieces; empty with a placeholder
+    map shape ``[0, 1, 1]`` when there are none."""
+    if maps:
+        return (torch.cat(maps).to(device), torch.cat(units).to(device),
+                torch.cat(images).to(device))
+    return (torch.empty(0, 1, 1, device=device), torch.empty(0, dtype=torch.long, device=device),
+            torch.empty(0, dtype=torch.long, device=device))
+
+
 def _new_pairs(model, layer, probe, indices, device, transform, cut, batch_size,
                predictions: list | None = None):
     """The maps of changed images whose max reaches ``cut`` (each rank its whole batches of
@@ -176,10 +186,7 @@ def _new_pairs(model, layer, probe, indices, device, transform, cut, batch_size,
         classes = [c for part in parts for c in part[3]]
     if predictions is not None:
         predictions.extend(classes)
-    if not maps:
-        return (torch.empty(0, 1, 1, device=device), torch.empty(0, dtype=torch.long, device=device),
-                torch.empty(0, dtype=torch.long, device=device))
-    return torch.cat(maps), torch.cat(units), torch.cat(images)
+    return _cat_pairs(maps, units, images, device)
 
 
 def _shared(model, layer, probe, corruption, base, config, device, progress, collect=None):
@@ -358,16 +365,6 @@ def _per_unit(model, layer, probe, corruption: UnitCorruption, base, config, dev
     return corrupted, rows, metrics, info
 
 
-def _cat_pairs(maps, units, images, device):
-    """(maps, units, images) of the pairs kept in lists of pieces; empty with a placeholder
-    map shape ``[0, 1, 1]`` when there are none."""
-    if maps:
-        return (torch.cat(maps).to(device), torch.cat(units).to(device),
-                torch.cat(images).to(device))
-    return (torch.empty(0, 1, 1, device=device), torch.empty(0, dtype=torch.long, device=device),
-            torch.empty(0, dtype=torch.long, device=device))
-
-
 def _gather_units(corrupted, mine, pairs, full_units, before, after, collect, device):
     """Every rank's re-dissected rows written into ``corrupted`` on every rank (in place);
     returns all ranks' pairs (only gathered for a probe bootstrap, which reads them), units
@@ -453,7 +450,7 @@ def audit(model: torch.nn.Module, layer: str, probe: ProbeDataset,
     corruption = bound_corruption(corruption, probe)
     base = clean_run(model, layer, probe, config, device, CleanRunCache(cache_dir), progress)
     collect: dict | None = {} if config.bootstrap else None
-    if getattr(corruption, "shared", True):
+    if corruption.shared:
         if units is not None:
             validate_units(units, base.dissection.units)
         corrupted, rows, metrics, info = _shared(model, layer, probe, corruption, base, config,
@@ -476,7 +473,7 @@ def audit(model: torch.nn.Module, layer: str, probe: ProbeDataset,
         boot, info["bootstrap"] = audit_bootstrap(probe, base.dissection, corrupted, collect,
                                                   [r["unit"] for r in rows], config, device)
     info["seconds"] = round(time.perf_counter() - t0, 3)
-    info["probe"] = getattr(probe, "name", "probe")
+    info["probe"] = probe.name
     info["images"] = len(probe)
     context = {"model": model, "probe": probe, "corruption": corruption, "config": config,
                "device": device, "targets": {r["unit"]: r["target"] for r in rows}}

@@ -41,8 +41,7 @@ def frame_mask(shape: tuple[int, int], *, inside: float = 0.0, device=None,
     h, w = shape
     kh, kw = max(1, h // 7), max(1, w // 7)
     m = torch.ones(h, w, device=device, dtype=dtype)
-    if h > 2 * kh and w > 2 * kw:
-        m[kh:h - kh, kw:w - kw] = inside
+    m[kh:h - kh, kw:w - kw] = inside  # empty when a side is at most 2·⌊side/7⌋: all frame
     return m
 
 
