@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nemaudit.explain.common.masks import upsample  # the one bilinear rule (PIL's)
+
 _EPS = 1e-8
 
 
@@ -69,8 +71,7 @@ def center_of_mass(h: torch.Tensor) -> torch.Tensor:
 
 def _cell_order(maps: torch.Tensor, grid: int, size: tuple[int, int]) -> torch.Tensor:
     """Cells of a ``grid``×``grid`` partition of the image, most relevant first ``[B, g*g]``."""
-    up = F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)
-    cells = F.adaptive_avg_pool2d(up, grid).flatten(1)
+    cells = F.adaptive_avg_pool2d(upsample(maps, size)[:, None], grid).flatten(1)
     return cells.argsort(dim=1, descending=True, stable=True)
 
 
