@@ -560,11 +560,10 @@ def test_targeted_attack_leaves_out_units_on_the_target(toy, clean):
     assert r.meta["attacked_units"] == len(others)
 
 
-def test_targeted_chunks_skip_a_unit_with_only_its_target_in_the_batch(toy):
-    """A targeted attack poisons the images holding a unit's source; an image holding only
-    its target is still read for it (the loader takes source or target). Unit 0 (red) comes
-    first: on a blue image with the target, its chunk poisons nothing, and unit 12 (blue),
-    in the next chunk, must still be attacked there."""
+def test_targeted_attack_unit_by_unit_gives_the_rows_of_all_units_together(toy):
+    """A targeted attack unit by unit, one image per batch, gives the rows of all units
+    together: unit 0 (red) comes first and unit 12 (blue) shares images only through the
+    target (beach)."""
     model, probe = toy
     spec = "pgd:eps=16/255,steps=2,targeted=true,target=beach"
     one = audit(model, LAYER, probe, spec, AuditConfig(dissect=DC, unit_chunk=1,
@@ -665,25 +664,35 @@ def test_clean_run_locks_its_cache_entry_while_it_computes(tmp_path, monkeypatch
 
 def test_a_group_reads_the_clean_run_from_the_cache_and_never_caches_a_nameless_model(
         tmp_path, monkeypatch, group_of_one):
-    probe, model = ColourProbe(20), NormalizedModel(ColourNet().eval(), "none")
-    cfg = AuditConfig(dissect=DC)
+    """Rank 0 writes the entry under its key's lock, every rank reads it back, and a model
+    without a fingerprint (no key) is neither locked nor written."""
     from nemaudit.audit.netdissect.cache import CleanRunCache
 
+    probe, model = ColourProbe(20), NormalizedModel(ColourNet().eval(), "none")
+    cfg = AuditConfig(dissect=DC)
+    locked: list = []
+    real_lock = CleanRunCache.lock
+    monkeypatch.setattr(CleanRunCache, "lock",
+                        lambda self, key: locked.append(key) or real_lock(self, key))
     first = ndrun.clean_run(model, "model.net.layer2", probe, cfg, CPU, CleanRunCache(tmp_path))
     key = clean_run_key(model.fingerprint(), "model.net.layer2", probe.fingerprint(), DC,
                         {"slack": 2.0, "device": "cpu"})
     assert [p.name for p in tmp_path.glob("clean-*.pt")] == [f"clean-{key}.pt"]
+    assert locked == [key]
 
     def boom(*a):
         raise AssertionError("computed again")
 
-    monkeypatch.setattr(ndrun, "_clean", boom)
-    again = ndrun.clean_run(model, "model.net.layer2", probe, cfg, CPU, CleanRunCache(tmp_path))
+    with monkeypatch.context() as m:
+        m.setattr(ndrun, "_clean", boom)
+        again = ndrun.clean_run(model, "model.net.layer2", probe, cfg, CPU,
+                                CleanRunCache(tmp_path))
     assert torch.equal(again.dissection.thresholds, first.dissection.thresholds)
     assert torch.equal(again.predictions, first.predictions)
-    monkeypatch.undo()
+    assert ndrun.dist.active() is not None  # still in the group
     ndrun.clean_run(ColourNet().eval(), "net.layer2", probe, cfg, CPU,
                     CleanRunCache(tmp_path / "none"))
+    assert locked == [key]
     assert not (tmp_path / "none").exists() or not list((tmp_path / "none").glob("clean-*"))
 
 
@@ -798,6 +807,28 @@ def test_a_group_of_one_rank_gives_the_single_process_result(spec, kw, whats, tm
                 assert r.meta[k] == pytest.approx(single.meta[k], rel=1e-5)
     assert len(list(tmp_path.glob("clean-*.pt"))) == 1
     assert whats | {"agreeing on the clean-run cache"} <= set(gathered)
+
+
+def test_a_group_of_one_rank_gathers_a_per_unit_bootstrap(toy, monkeypatch):
+    """The gathered pairs and full recomputations feed the probe bootstrap: in a group of one
+    rank its intervals, flags and rows are the single process's."""
+    model, probe = toy
+    spec, cfg = "pgd:eps=16/255,steps=1", AuditConfig(dissect=DC, bootstrap=20, slack=1.0)
+    single = audit(model, LAYER, probe, spec, cfg, units=[0, 12, 3])
+    assert single.corrupted.meta.get("recomputed_in_full")
+    monkeypatch.setattr(ndrun.dist, "active", lambda: ndrun.dist.Group(0, 1, "gloo", 60.0))
+    for name in ("all_sum", "all_max", "all_gather_rows", "all_gather_objects", "barrier"):
+        monkeypatch.setattr(ndrun.dist, name, {
+            "all_sum": lambda t, what="": t, "all_max": lambda v, what="": float(v),
+            "all_gather_rows": lambda t, fill, what="": [t],
+            "all_gather_objects": lambda o, what="": [ndrun.dist._to_cpu(o)],
+            "barrier": lambda what="": None}[name])
+    r = audit(model, LAYER, probe, spec, cfg, units=[0, 12, 3])
+    _same_rows(single.rows, r.rows)
+    assert r.corrupted.meta["recomputed_in_full"] == single.corrupted.meta["recomputed_in_full"]
+    for k, v in single.probe_bootstrap.flags.items():
+        assert (r.probe_bootstrap.flags[k] == v).all(), k
+    assert r.interval("flip_rate") == single.interval("flip_rate")
 
 
 class CountingColourNet(ColourNet):

@@ -305,8 +305,6 @@ def _per_unit(model, layer, probe, corruption: UnitCorruption, base, config, dev
                                               None if corruption.targeted
                                               else {u: targets[u] for u in chunk})
                 pu, pb = res.poisoned.nonzero(as_tuple=True)
-                if pu.numel() == 0:
-                    continue
                 chunk_t = torch.tensor(chunk, device=device)
                 before.append(res.objective_before[pu, pb].double().cpu())
                 after.append(res.objective_after[pu, pb].double().cpu())
@@ -336,8 +334,6 @@ def _per_unit(model, layer, probe, corruption: UnitCorruption, base, config, dev
                                    units=torch.tensor(mine, dtype=torch.long),
                                    batch_size=config.dissect.batch_size)
     full_units = inexact.nonzero().flatten().tolist()
-    if collect is not None:
-        collect["full"] = []
     if full_units:
         _recompute_units(model, layer, probe, clean, corrupted, full_units, *pairs, config,
                          device, collect=collect)
@@ -375,7 +371,7 @@ def _gather_units(corrupted, mine, pairs, full_units, before, after, collect, de
              "tally": [getattr(corrupted.tally, f)[rows] for f in fields],
              "full": full_units, "before": before, "after": after,
              "pairs": pairs if collect is not None else None,
-             "full_pairs": collect["full"] if collect is not None else None}
+             "full_pairs": collect.get("full", []) if collect is not None else None}
     parts = dist.all_gather_objects(piece, "gathering the units' re-dissections")
     for part in parts:
         u = part["units"].to(device)
