@@ -414,3 +414,127 @@ def test_a_batch_map_is_the_maps_of_its_images(n, size, seed, interpreter):
                      for i in range(n)])
     assert batch.shape[0] == n and batch.isfinite().all()
     torch.testing.assert_close(batch, one, rtol=1e-9, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- messages, entry
+
+def test_every_refusal_says_what_and_why_in_full():
+    import re
+
+    model, x = conceptnet(), images(2)
+    t = TARGETS[:2]
+
+    def exact(text: str):
+        return _raises("^" + re.escape(text) + "$")
+
+    with exact("unknown interpreter 'lrp2'; valid interpreters: gradcam, simplegrad, "
+               "simplegrad_t, lrp, lrp_t"):
+        heatmap(model, x, t, "lrp2")
+    with exact("class index 5 out of range: the model has 5 classes (0..4)"):
+        heatmap(model, x, torch.tensor([0, 5]), "gradcam", layer="layer4")
+    with exact("3 class indices for 2 images"):
+        heatmap(model, x, torch.tensor([0, 1, 2]), "simplegrad")
+    with exact("images must be [batch, 3, height, width]; got (3, 32, 32)"):
+        heatmap(model, x[0], t[:1], "simplegrad")
+    with exact("layer 'fc' has output of shape (2, 5): a map at a layer needs a spatial "
+               "output [batch, channels, height, width]"):
+        heatmap(model, x, t, "gradcam", layer="fc")
+    with exact("layer 'layer1.0.relu' ran 2 times in one forward pass; a saliency map needs a "
+               "layer that runs exactly once"):
+        heatmap(tv_resnet("basic"), x, t, "gradcam", layer="layer1.0.relu")
+    with exact("layer 'inner' does not output a tensor"):
+        heatmap(_wrap(_DictNet()), x, t, "gradcam", layer="inner")
+
+
+class _DictOut(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        return {"y": self.conv(x)}
+
+
+class _DictNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner, self.fc = _DictOut(), nn.Linear(4, 5)
+
+    def forward(self, x):
+        return self.fc(self.inner(x)["y"].mean(dim=(2, 3)))
+
+
+class _TupleOut(nn.Module):
+    """A block that returns (features, a side output the model does not read)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        return y, y.detach().sum()
+
+
+class _TupleNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.block, self.fc = _TupleOut(), nn.Linear(4, 5)
+
+    def forward(self, x):
+        feats, _ = self.block(x)
+        return self.fc(feats.amax(dim=(2, 3)))
+
+
+def test_a_layer_returning_a_tuple_is_read_at_its_first_element():
+    net = _TupleNet().to(DT).eval()
+    model, x, t = NormalizedModel(net, "none").eval(), images(2), TARGETS[:2]
+    got = heatmap(model, x, t, "gradcam", layer="model.block")
+    feats = torch.relu(net.block.conv(x))  # Grad-CAM of the block's first output, by hand
+    logits = net.fc(feats.amax(dim=(2, 3)))
+    (g,) = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), feats)
+    cam = torch.relu((g.mean(dim=(2, 3), keepdim=True) * feats).sum(1))
+    want = cam / (cam.flatten(1).amax(1)[:, None, None] + 1e-8)
+    torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-14)
+
+
+def test_simplegrad_t_through_heatmap_is_the_gradient_at_the_layer():
+    model, x, t = conceptnet(), images(2), TARGETS[:2]
+    got = heatmap(model, x, t, "simplegrad_t", layer="layer3")
+    want = simplegrad(model, x, t, "layer3")
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert got.shape[-2:] == (4, 4)  # layer3's resolution at 32 px, not the input's
+
+
+def test_maps_of_a_frozen_model_are_those_of_the_trainable_one():
+    """An audit may freeze the model's weights: every map must still be computed (each
+    differentiates through its input side)."""
+    x, t = images(2), TARGETS[:2]
+    for interpreter, layer in LAYER_OF.items():
+        want = heatmap(conceptnet(), x, t, interpreter, layer=layer)
+        frozen = conceptnet().requires_grad_(False)
+        got = heatmap(frozen, x, t, interpreter, layer=layer)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+
+
+def test_by_default_maps_carry_no_graph_of_their_gradient():
+    """``create_graph`` is off by default: an input-gradient map is a plain tensor, and
+    Grad-CAM's weight gradient treats α as a constant (only fooling asks for the graph)."""
+    model, x, t = conceptnet(), images(2), TARGETS[:2]
+    assert heatmap(model, x, t, "simplegrad").grad_fn is None
+    assert simplegrad(model, x, t).grad_fn is None
+    w = resolve_layer(model, "fc").weight
+
+    def dw(**kw):
+        return torch.autograd.grad(heatmap(model, x, t, "gradcam", layer="layer4",
+                                           **kw).sum(), w, allow_unused=True)[0]
+
+    def dw_direct(**kw):
+        return torch.autograd.grad(gradcam(model, x, t, "layer4", **kw).sum(), w,
+                                   allow_unused=True)[0]
+
+    off, on = dw(create_graph=False), dw(create_graph=True)
+    assert on is not None and (off is None or not torch.allclose(off, on))
+    for got in (dw(), dw_direct()):
+        assert (got is None and off is None) or torch.equal(got, off)
