@@ -148,7 +148,9 @@ def _clean_run_in_group(model, layer, probe, config, device, cache, key, progres
     return CleanRun(d, preds, targets)
 
 
-def _cat_pairs(maps, units, images, device):
+def _cat_pairs(maps: list[torch.Tensor], units: list[torch.Tensor],
+               images: list[torch.Tensor], device: torch.device
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(maps, units, images) of the pairs kept in lists of pieces; empty with a placeholder
     map shape ``[0, 1, 1]`` when there are none."""
     if maps:
