@@ -97,6 +97,8 @@ MODULE_TESTS: dict[str, list[str]] = {
     ],
     "nemaudit/explain/netdissect/dissect.py": [
         "tests/test_netdissect.py",
+        "tests/test_dissect_exact.py",
+        "tests/test_netdissect_result.py",
         "tests/test_tally_incremental_exact.py",
         "tests/test_tally_labels.py",
         "tests/test_incremental.py",

@@ -354,7 +354,7 @@ def dissect(model: torch.nn.Module, layer: str, probe: ProbeDataset,
                 task.advance(len(batch))
     tally.sum_across_ranks()
     tally.label = label_counts
-    meta = {"probe": getattr(probe, "name", "probe"), "images": len(probe),
+    meta = {"probe": probe.name, "images": len(probe),
             "cache_overflow": cache.overflow}
     if group is not None:
         meta["ranks"] = group.world

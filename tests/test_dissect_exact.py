@@ -1,0 +1,141 @@
+"""A Dissection's readouts (rows, detectors, ranking, best concepts) on a tally written by hand,
+and what dissect() and dissect_tensors() record besides the tally: exact values, with ties,
+an IoU exactly at the detector threshold and a unit that never fires."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nemaudit.explain.netdissect import DissectConfig, dissect
+from nemaudit.explain.netdissect.dissect import CandidateCache, Dissection, dissect_tensors
+from nemaudit.explain.netdissect.tally import IoUTally
+from nemaudit.model.load import NormalizedModel
+from nemaudit.probe.base import Concept
+from tests.toys import ToyNet, ToyProbe
+
+CONCEPTS = [Concept(0, "-", ""), Concept(1, "red", "colour"), Concept(2, "blue", "colour"),
+            Concept(3, "box", "object")]
+CATS = ["colour", "object"]
+
+
+def hand_dissection(**config) -> Dissection:
+    """IoU = both / (unit_cat[cat] + label − both), by unit:
+    0: red 1/(1+2−1) = 0.5 and box 1/(1+2−1) = 0.5 (a tie), blue 1/(1+4−1) = 0.25;
+    1: fires on nothing; 2: blue 4/(4+4−4) = 1; 3: box 1/(2+2−1) = 1/3."""
+    both = torch.tensor([[0, 1, 1, 1], [0, 0, 0, 0], [0, 0, 4, 0], [0, 0, 0, 1]])
+    unit_cat = torch.tensor([[1, 1], [0, 0], [4, 0], [0, 2]])
+    tally = IoUTally(both, unit_cat, torch.tensor([1, 0, 4, 2]), torch.tensor([0, 2, 4, 2]), 9)
+    cfg = DissectConfig(**({"iou_threshold": 0.5, "top_k": 2} | config))
+    return Dissection("layerX", torch.tensor([0.1, 0.2, 0.3, 0.4]), tally, CONCEPTS, CATS, cfg)
+
+
+def test_iou_ranking_and_best_by_hand():
+    d = hand_dissection()
+    iou = d.iou()
+    assert iou[0].tolist() == [0.0, 0.5, 0.25, 0.5]
+    assert iou[2].tolist() == [0.0, 0.0, 1.0, 0.0]
+    assert iou[3].tolist() == pytest.approx([0.0, 0.0, 0.0, 1 / 3])
+    vals, idx = d.ranking()
+    assert idx[0].tolist() == [1, 3, 2, 0]  # the tie keeps the lower id first
+    assert vals[0].tolist() == [0.5, 0.5, 0.25, 0.0]
+    label, best = d.best()
+    assert label.tolist() == [1, 0, 2, 3]
+    assert best.tolist() == pytest.approx([0.5, 0.0, 1.0, 1 / 3])
+    assert d.label_category().tolist() == [-1, 0, 0, 1]
+
+
+def test_rows_by_hand():
+    rows = hand_dissection().rows()
+    assert rows[0] == {"unit": 0, "label": "red", "category": "colour", "iou": 0.5,
+                       "detector": True,  # exactly at the threshold: ≥
+                       "threshold": pytest.approx(0.1), "mask_pixels": 1,
+                       "top": [{"concept": "red", "category": "colour", "iou": 0.5},
+                               {"concept": "box", "category": "object", "iou": 0.5}]}
+    assert rows[1] == {"unit": 1, "label": None, "category": None, "iou": 0.0,
+                       "detector": False, "threshold": pytest.approx(0.2), "mask_pixels": 0,
+                       "top": []}
+    assert rows[2]["label"] == "blue" and rows[2]["detector"] and rows[2]["mask_pixels"] == 4
+    assert [t["concept"] for t in rows[2]["top"]] == ["blue"]  # IoU 0 is never listed
+    assert rows[3]["label"] == "box" and not rows[3]["detector"]
+    assert rows[3]["threshold"] == pytest.approx(0.4)
+    assert len(hand_dissection(top_k=3).rows()[0]["top"]) == 3
+
+
+def test_detectors_by_hand():
+    assert hand_dissection().detectors() == {
+        "per_category": {"colour": 2, "object": 0}, "total": 2, "units": 4, "share": 0.5,
+        "unique_concepts": 2}
+    loose = hand_dissection(iou_threshold=0.3).detectors()  # box 1/3 joins; red and blue
+    assert loose == {"per_category": {"colour": 2, "object": 1}, "total": 3, "units": 4,
+                     "share": 0.75, "unique_concepts": 3}
+    two_reds = hand_dissection(iou_threshold=0.3)
+    two_reds.tally.both[2] = torch.tensor([0, 4, 0, 0])  # unit 2 on red too: one concept
+    assert two_reds.detectors()["unique_concepts"] == 2
+    assert two_reds.detectors()["per_category"] == {"colour": 2, "object": 1}
+
+
+def test_to_json_carries_layer_settings_meta_and_units():
+    d = hand_dissection()
+    d.meta = {"probe": "hand"}
+    js = d.to_json()
+    assert js["layer"] == "layerX" and js["meta"] == {"probe": "hand"}
+    assert js["settings"] == d.config.as_dict() and js["units"] == d.rows()
+    assert js["detectors"] == d.detectors() and js["thresholds"] == pytest.approx(
+        [0.1, 0.2, 0.3, 0.4])
+
+
+def test_dissect_records_layer_config_and_meta():
+    probe, model = ToyProbe(12), NormalizedModel(ToyNet(), "none")
+    cfg = DissectConfig(eta=0.02, batch_size=5)
+    d = dissect(model, "layer2", probe, cfg)
+    assert d.layer == "layer2" and d.config is cfg
+    assert d.meta == {"probe": "toy", "images": 12, "cache_overflow": False}
+    assert d.tally.images == 12 and d.categories == probe.categories
+    assert [c.name for c in d.concepts] == [c.name for c in probe.concepts]
+
+
+def test_dissect_tensors_defaults_and_label_check():
+    g = torch.Generator().manual_seed(0)
+    acts = torch.rand(3, 2, 4, 4, generator=g)
+    pix = torch.randint(0, 4, (3, 1, 8, 8), generator=g)
+    img = torch.zeros(3, 0, dtype=torch.int64)
+    concepts = [Concept(0, "-", ""), Concept(1, "sky", "scene"), Concept(2, "red", "colour"),
+                Concept(3, "box", "object")]
+    d = dissect_tensors(acts, pix, img, concepts)
+    assert d.layer == "tensor" and d.categories == ["scene", "colour", "object"]
+    assert d.tally.images == 3
+    bad = pix.clone()
+    bad[2, 0, 0, 0] = 9
+    with pytest.raises(ValueError, match=r"^probe image 2: pixel label\(s\) \[9\] are not in "
+                                         r"the concept table \(ids 0\.\.3\)$"):
+        dissect_tensors(acts, bad, img, concepts)
+
+
+class _BadLabelAt7(ToyProbe):
+    def __getitem__(self, i):
+        it = super().__getitem__(i)
+        if i == 7:
+            it.pixel_labels[0, 0, 0] = 99
+        return it
+
+
+def test_dissect_names_the_probe_image_with_a_label_outside_the_table():
+    probe, model = _BadLabelAt7(12), NormalizedModel(ToyNet(), "none")
+    with pytest.raises(ValueError, match=r"^probe image 7: pixel label\(s\) \[99\] are not"):
+        dissect(model, "layer2", probe, DissectConfig(batch_size=5))
+
+
+def test_candidate_cache_concatenates_its_chunks_once():
+    cache = CandidateCache(2**30)
+    bound = torch.full((3,), -1.0)
+    first = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 2, 2)
+    cache.add(first, torch.tensor([0, 1]), bound)
+    cache.add(first + 100, torch.tensor([2, 3]), bound)
+    maps, units, images, maxes = cache.tensors()
+    assert maps.shape == (12, 2, 2) and cache.nbytes == 12 * 4 * 4
+    assert images.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert units.tolist() == [0, 1, 2] * 4
+    assert torch.equal(maxes, maps.amax(dim=(1, 2)))
+    again = cache.tensors()  # the second call reads the one concatenated chunk
+    assert all(torch.equal(a, b) for a, b in zip(again, (maps, units, images, maxes)))
