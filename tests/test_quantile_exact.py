@@ -8,7 +8,12 @@ import math
 import pytest
 import torch
 
-from nemaudit.explain.common.quantile import TopQuantile, buffer_size, read_quantile, reference_level
+from nemaudit.explain.common.quantile import (
+    TopQuantile,
+    buffer_size,
+    read_quantile,
+    reference_level,
+)
 
 
 def test_reference_level_is_netdissect_lites_readout_index():
