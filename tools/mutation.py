@@ -106,6 +106,7 @@ MODULE_TESTS: dict[str, list[str]] = {
     "nemaudit/explain/common": [
         "tests/test_netdissect.py",
         "tests/test_quantile_exact.py",
+        "tests/test_activations_exact.py",
         "tests/test_milan_exemplars.py",
         "tests/test_incremental.py",
         "tests/test_model.py",
