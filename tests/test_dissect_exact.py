@@ -139,3 +139,36 @@ def test_candidate_cache_concatenates_its_chunks_once():
     assert torch.equal(maxes, maps.amax(dim=(1, 2)))
     again = cache.tensors()  # the second call reads the one concatenated chunk
     assert all(torch.equal(a, b) for a, b in zip(again, (maps, units, images, maxes)))
+
+
+def test_settings_report_the_level_actually_read():
+    cfg = DissectConfig(eta=0.01, iou_threshold=0.07, top_k=3, batch_size=9)
+    assert cfg.as_dict() == {"eta": 0.01, "quantile_level": 989 / 999, "iou_threshold": 0.07,
+                             "top_k": 3}
+    assert DissectConfig(quantile_level=0.99).as_dict()["quantile_level"] == 0.99
+    assert DissectConfig().as_dict() == {"eta": 0.005, "quantile_level": 994 / 999,
+                                         "iou_threshold": 0.04, "top_k": 5}
+
+
+def test_an_empty_candidate_cache_gives_empty_tensors_of_the_right_kinds():
+    maps, units, images, maxes = CandidateCache(1024).tensors()
+    assert maps.shape == (0, 1, 1) and maps.dtype == torch.float32
+    assert units.shape == images.shape == maxes.shape == (0,)
+    assert units.dtype == images.dtype == torch.int64 and maxes.dtype == torch.float32
+
+
+def test_pixel_table_round_trips_through_its_dict(toy_state):
+    table = toy_state.pixels
+    again = type(table)(**table.to_dict()).to("cpu")
+    for name, t in table.to_dict().items():
+        assert torch.equal(getattr(again, name), t), name
+    assert set(table.to_dict()) == {"pair", "value", "labels", "scalars", "offsets", "key",
+                                    "key_pair", "pair_key"}
+
+
+@pytest.fixture(scope="module")
+def toy_state():
+    probe, model = ToyProbe(12), NormalizedModel(ToyNet(), "none")
+    d = dissect(model, "layer2", probe, DissectConfig(eta=0.05, batch_size=5), keep_state=True)
+    assert d.state is not None and d.state.pixels is not None
+    return d.state

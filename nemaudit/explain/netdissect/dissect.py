@@ -11,7 +11,7 @@ forward pass instead: slower, same result.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -149,14 +149,10 @@ class PixelTable:
     pair_key: torch.Tensor  # [E] int64
 
     def to_dict(self) -> dict:
-        return {"pair": self.pair, "value": self.value, "labels": self.labels,
-                "scalars": self.scalars, "offsets": self.offsets, "key": self.key,
-                "key_pair": self.key_pair, "pair_key": self.pair_key}
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def to(self, device: torch.device | str) -> PixelTable:
-        return PixelTable(*(t.to(device) for t in (self.pair, self.value, self.labels,
-                                                   self.scalars, self.offsets, self.key,
-                                                   self.key_pair, self.pair_key)))
+        return PixelTable(**{k: t.to(device) for k, t in self.to_dict().items()})
 
     def between(self, lo: torch.Tensor, hi: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
         """Pairs (indices) with an entry of value in (lo[u], hi[u]] for their unit u among
