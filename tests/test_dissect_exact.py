@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from nemaudit.explain.netdissect import DissectConfig, dissect
-from nemaudit.explain.netdissect.dissect import CandidateCache, Dissection, dissect_tensors
+from nemaudit.explain.netdissect.dissect import (
+    SCHEMA,
+    CandidateCache,
+    Dissection,
+    dissect_tensors,
+)
 from nemaudit.explain.netdissect.tally import IoUTally
 from nemaudit.model.load import NormalizedModel
 from nemaudit.probe.base import Concept
@@ -75,11 +80,18 @@ def test_detectors_by_hand():
     assert two_reds.detectors()["per_category"] == {"colour": 2, "object": 1}
 
 
+def test_detector_share_of_a_one_unit_layer():
+    d = hand_dissection()
+    one = Dissection("l", d.thresholds[2:3], type(d.tally)(d.tally.both[2:3], d.tally.unit_cat[2:3],
+                     d.tally.unit_pixels[2:3], d.tally.label, 9), CONCEPTS, CATS, d.config)
+    assert one.detectors()["share"] == 1.0 and one.detectors()["units"] == 1
+
+
 def test_to_json_carries_layer_settings_meta_and_units():
     d = hand_dissection()
     d.meta = {"probe": "hand"}
     js = d.to_json()
-    assert js["layer"] == "layerX" and js["meta"] == {"probe": "hand"}
+    assert js["schema"] == SCHEMA and js["layer"] == "layerX" and js["meta"] == {"probe": "hand"}
     assert js["settings"] == d.config.as_dict() and js["units"] == d.rows()
     assert js["detectors"] == d.detectors() and js["thresholds"] == pytest.approx(
         [0.1, 0.2, 0.3, 0.4])
