@@ -116,6 +116,10 @@ def test_classifies_probe_needs_names_a_target_and_matching_classes():
             return dataclasses.replace(super().__getitem__(i), target=-1)
 
     assert not ndrun._classifies_probe(ToyNet(), Unlabelled(4))
+    three = ToyNet()
+    three.meta = {"class_names": ["a", "b", "c"]}  # not the probe's classes: no accuracy
+    r = audit(three, LAYER, ToyProbe(8), "gaussian:std=0.3,fraction=0.5", CFG)
+    assert r.metrics["accuracy_clean"] is None and r.metrics["accuracy_corrupted"] is None
     r = audit(ToyNet(), LAYER, Unlabelled(8), "gaussian:std=0.3,fraction=0.5", CFG)
     assert r.metrics["accuracy_clean"] is None and r.metrics["accuracy_corrupted"] is None
 
@@ -809,13 +813,15 @@ def test_a_group_of_one_rank_gives_the_single_process_result(spec, kw, whats, tm
     assert whats | {"agreeing on the clean-run cache"} <= set(gathered)
 
 
-def test_a_group_of_one_rank_gathers_a_per_unit_bootstrap(toy, monkeypatch):
+@pytest.mark.parametrize("slack", [1.0, 3.0])
+def test_a_group_of_one_rank_gathers_a_per_unit_bootstrap(toy, monkeypatch, slack):
     """The gathered pairs and full recomputations feed the probe bootstrap: in a group of one
-    rank its intervals, flags and rows are the single process's."""
+    rank its intervals, flags and rows are the single process's (with units recomputed in
+    full, and without)."""
     model, probe = toy
-    spec, cfg = "pgd:eps=16/255,steps=1", AuditConfig(dissect=DC, bootstrap=20, slack=1.0)
+    spec, cfg = "pgd:eps=16/255,steps=1", AuditConfig(dissect=DC, bootstrap=20, slack=slack)
     single = audit(model, LAYER, probe, spec, cfg, units=[0, 12, 3])
-    assert single.corrupted.meta.get("recomputed_in_full")
+    assert bool(single.corrupted.meta.get("recomputed_in_full")) == (slack == 1.0)
     monkeypatch.setattr(ndrun.dist, "active", lambda: ndrun.dist.Group(0, 1, "gloo", 60.0))
     for name in ("all_sum", "all_max", "all_gather_rows", "all_gather_objects", "barrier"):
         monkeypatch.setattr(ndrun.dist, name, {
@@ -825,7 +831,8 @@ def test_a_group_of_one_rank_gathers_a_per_unit_bootstrap(toy, monkeypatch):
             "barrier": lambda what="": None}[name])
     r = audit(model, LAYER, probe, spec, cfg, units=[0, 12, 3])
     _same_rows(single.rows, r.rows)
-    assert r.corrupted.meta["recomputed_in_full"] == single.corrupted.meta["recomputed_in_full"]
+    assert r.corrupted.meta.get("recomputed_in_full") == single.corrupted.meta.get(
+        "recomputed_in_full")
     for k, v in single.probe_bootstrap.flags.items():
         assert (r.probe_bootstrap.flags[k] == v).all(), k
     assert r.interval("flip_rate") == single.interval("flip_rate")
