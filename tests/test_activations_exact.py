@@ -32,6 +32,10 @@ def test_check_finite_lists_ten_of_many():
         check_finite(acts, torch.arange(100, 112), "l")
     assert (f"unit(s) {list(range(10))} … on probe image(s) {list(range(100, 110))} …;"
             in str(e.value))
+    acts = torch.full((11, 11, 1, 1), float("nan"))  # eleven: more than ten, listed with …
+    with pytest.raises(ActivationError) as e:
+        check_finite(acts, torch.arange(11), "l")
+    assert f"unit(s) {list(range(10))} … on probe image(s) {list(range(10))} …;" in str(e.value)
     acts = torch.full((10, 10, 1, 1), float("nan"))
     with pytest.raises(ActivationError) as e:
         check_finite(acts, torch.arange(10), "l")

@@ -102,3 +102,9 @@ def test_update_refusals_say_why():
         TopQuantile.empty(1, 4, 1.5)
     with pytest.raises(ValueError, match="^slack must be >= 1, got 0.5$"):
         TopQuantile.empty(1, 4, 0.5, slack=0.5)
+
+
+def test_level_zero_is_the_minimum():
+    q = TopQuantile.empty(1, 4, 0.0)
+    q.update(torch.tensor([[[3.0, -2.0, 5.0, 1.0]]]))
+    assert q.readout().tolist() == [-2.0]
