@@ -82,8 +82,9 @@ def test_detectors_by_hand():
 
 def test_detector_share_of_a_one_unit_layer():
     d = hand_dissection()
-    one = Dissection("l", d.thresholds[2:3], type(d.tally)(d.tally.both[2:3], d.tally.unit_cat[2:3],
-                     d.tally.unit_pixels[2:3], d.tally.label, 9), CONCEPTS, CATS, d.config)
+    t = d.tally
+    one = Dissection("l", d.thresholds[2:3], IoUTally(t.both[2:3], t.unit_cat[2:3],
+                     t.unit_pixels[2:3], t.label, 9), CONCEPTS, CATS, d.config)
     assert one.detectors()["share"] == 1.0 and one.detectors()["units"] == 1
 
 

@@ -814,7 +814,7 @@ def test_a_group_of_one_rank_gives_the_single_process_result(spec, kw, whats, tm
 
 
 @pytest.mark.parametrize("slack", [1.0, 3.0])
-def test_a_group_of_one_rank_gathers_a_per_unit_bootstrap(toy, monkeypatch, slack):
+def test_a_group_of_one_rank_gathers_a_per_unit_bootstrap(toy, request, slack):
     """The gathered pairs and full recomputations feed the probe bootstrap: in a group of one
     rank its intervals, flags and rows are the single process's (with units recomputed in
     full, and without)."""
@@ -822,13 +822,7 @@ def test_a_group_of_one_rank_gathers_a_per_unit_bootstrap(toy, monkeypatch, slac
     spec, cfg = "pgd:eps=16/255,steps=1", AuditConfig(dissect=DC, bootstrap=20, slack=slack)
     single = audit(model, LAYER, probe, spec, cfg, units=[0, 12, 3])
     assert bool(single.corrupted.meta.get("recomputed_in_full")) == (slack == 1.0)
-    monkeypatch.setattr(ndrun.dist, "active", lambda: ndrun.dist.Group(0, 1, "gloo", 60.0))
-    for name in ("all_sum", "all_max", "all_gather_rows", "all_gather_objects", "barrier"):
-        monkeypatch.setattr(ndrun.dist, name, {
-            "all_sum": lambda t, what="": t, "all_max": lambda v, what="": float(v),
-            "all_gather_rows": lambda t, fill, what="": [t],
-            "all_gather_objects": lambda o, what="": [ndrun.dist._to_cpu(o)],
-            "barrier": lambda what="": None}[name])
+    gathered = request.getfixturevalue("group_of_one")
     r = audit(model, LAYER, probe, spec, cfg, units=[0, 12, 3])
     _same_rows(single.rows, r.rows)
     assert r.corrupted.meta.get("recomputed_in_full") == single.corrupted.meta.get(
@@ -836,6 +830,7 @@ def test_a_group_of_one_rank_gathers_a_per_unit_bootstrap(toy, monkeypatch, slac
     for k, v in single.probe_bootstrap.flags.items():
         assert (r.probe_bootstrap.flags[k] == v).all(), k
     assert r.interval("flip_rate") == single.interval("flip_rate")
+    assert "gathering the units' re-dissections" in gathered
 
 
 class CountingColourNet(ColourNet):

@@ -33,8 +33,6 @@ from nemaudit.explain.saliency.metrics import (
     spearman,
 )
 
-torch.set_default_dtype(torch.float32)
-
 
 def maps(b: int, h: int, w: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
