@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from nemaudit.errors import SpecError
-from nemaudit.explain.saliency.metrics import _EPS, min_max
+from nemaudit.explain.saliency.metrics import EPS, min_max
 
 #: interpreter name → (needs a target layer, one-line description)
 INTERPRETERS: dict[str, tuple[bool, str]] = {
@@ -111,7 +111,7 @@ def _selected(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def _max_norm(h: torch.Tensor) -> torch.Tensor:
-    return h / (h.flatten(1).amax(1)[:, None, None] + _EPS)
+    return h / (h.flatten(1).amax(1)[:, None, None] + EPS)
 
 
 def gradcam(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, layer: str, *,
@@ -139,7 +139,7 @@ def simplegrad(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
     if not normalise:
         return g
     if layer is None:
-        return g / (g.flatten(1).sum(1)[:, None, None] + _EPS)
+        return g / (g.flatten(1).sum(1)[:, None, None] + EPS)
     return min_max(g)
 
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from nemaudit.explain.common.masks import upsample  # the one bilinear rule (PIL's)
 
-_EPS = 1e-8
+EPS = 1e-8  #: keeps a constant map finite when it is normalised (shared with the interpreters)
 
 
 def average_ranks(x: torch.Tensor) -> torch.Tensor:
@@ -55,7 +55,7 @@ def min_max(h: torch.Tensor) -> torch.Tensor:
     """Per-map min-max scaling to [0, 1] (``[B, h, w]``)."""
     lo = h.flatten(1).amin(1)[:, None, None]
     hi = h.flatten(1).amax(1)[:, None, None]
-    return (h - lo) / (hi - lo + _EPS)
+    return (h - lo) / (hi - lo + EPS)
 
 
 def center_of_mass(h: torch.Tensor) -> torch.Tensor:
@@ -63,7 +63,7 @@ def center_of_mass(h: torch.Tensor) -> torch.Tensor:
     h = min_max(h)
     rows = torch.arange(1, h.shape[1] + 1, device=h.device, dtype=h.dtype)
     cols = torch.arange(1, h.shape[2] + 1, device=h.device, dtype=h.dtype)
-    total = h.sum((1, 2)) + _EPS
+    total = h.sum((1, 2)) + EPS
     r = (h.sum(2) * rows).sum(1) / total
     c = (h.sum(1) * cols).sum(1) / total
     return torch.stack([r, c], 1)
