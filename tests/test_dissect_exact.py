@@ -185,3 +185,111 @@ def toy_state():
     d = dissect(model, "layer2", probe, DissectConfig(eta=0.05, batch_size=5), keep_state=True)
     assert d.state is not None and d.state.pixels is not None
     return d.state
+
+
+# --------------------------------------------------------------------------- progress, dtypes
+
+class _Progress:
+    """Records what dissect() asks the progress bar: (description, total, enabled), and the
+    advances of each bar."""
+
+    def __init__(self) -> None:
+        self.bars: list[tuple[str, int, bool]] = []
+        self.advances: list[list[int]] = []
+
+    def __call__(self, description, total, enabled=True):
+        import contextlib
+
+        self.bars.append((description, total, enabled))
+        steps: list[int] = []
+        self.advances.append(steps)
+        task = type("T", (), {"advance": lambda _, n=1: steps.append(n)})()
+        return contextlib.nullcontext(task)
+
+
+@pytest.mark.parametrize("overflow", [False, True])
+def test_dissect_reports_progress_per_image_on_each_pass(monkeypatch, overflow):
+    import importlib
+
+    mod = importlib.import_module("nemaudit.explain.netdissect.dissect")
+    bar = _Progress()
+    monkeypatch.setattr(mod, "progress_task", bar)
+    probe, model = ToyProbe(12), NormalizedModel(ToyNet(), "none")
+    cfg = DissectConfig(eta=0.02, batch_size=5, cache_budget_mb=1e-6 if overflow else 512.0)
+    d = dissect(model, "layer2", probe, cfg, progress=True)
+    assert d.meta["cache_overflow"] is overflow
+    want = [("dissect layer2", 12, True)]
+    if overflow:
+        want.append(("tally layer2 (2nd pass)", 12, True))
+    assert bar.bars == want
+    assert bar.advances == [[5, 5, 2]] * len(want)  # images per batch, as they are done
+    dissect(model, "layer2", probe, cfg)
+    assert [b[2] for b in bar.bars[len(want):]] == [False] * len(want)  # quiet by default
+
+
+def test_dissect_counts_label_areas_in_integers():
+    probe, model = ToyProbe(12), NormalizedModel(ToyNet(), "none")
+    d = dissect(model, "layer2", probe, DissectConfig(eta=0.02, batch_size=5))
+    assert d.tally.label.dtype == torch.int64
+    want = torch.zeros(len(probe.concepts), dtype=torch.int64)
+    for i in range(len(probe)):
+        it = probe[i]
+        for layer in it.pixel_labels:
+            want += torch.bincount(layer.flatten(), minlength=len(want))
+        # an image-level label covers the whole segmentation (NetDissect-Lite's scalars)
+        want += torch.bincount(it.image_labels, minlength=len(want)) * 16 * 16
+    want[0] = d.tally.label[0]  # id 0 (no label) is not an area
+    assert torch.equal(d.tally.label, want)
+
+
+# --------------------------------------------------------------------------- pixel table
+
+def _args(state, probe):
+    return (state.maps, state.units, state.images, state.cut, probe, 5, torch.device("cpu"))
+
+
+def test_pixel_table_budget_counts_every_chunk_up_to_its_edge(toy_state):
+    """36 bytes and 4 per label layer an entry, summed over every chunk: a budget of exactly
+    that builds the table, one byte less refuses it."""
+    from nemaudit.explain.netdissect.dissect import pixel_table
+
+    probe, table = ToyProbe(12), toy_state.pixels
+    need = table.value.numel() * (36 + 4 * table.labels.shape[1])
+    full = pixel_table(*_args(toy_state, probe), need, chunk=3)
+    assert full is not None
+    for name, t in table.to_dict().items():
+        assert torch.equal(getattr(full, name), t), name
+    assert pixel_table(*_args(toy_state, probe), need - 1, chunk=3) is None
+
+
+def test_pixel_table_of_maps_not_above_the_cut_is_empty_but_well_formed():
+    """A map equal to its unit's cut (a dead unit: zeros, cut 0) has no mask pixel, since the
+    mask is ``> T`` strictly; the table keeps each pair's image-level labels."""
+    from nemaudit.explain.netdissect.dissect import pixel_table
+
+    maps = torch.zeros(3, 2, 2)
+    units, images = torch.tensor([0, 1, 0]), torch.tensor([2, 0, 3])
+    t = pixel_table(maps, units, images, torch.zeros(2), ToyProbe(4), 2, torch.device("cpu"),
+                    1e9)
+    assert t is not None
+    for name in ("pair", "key", "key_pair", "pair_key"):
+        got = getattr(t, name)
+        assert got.shape == (0,) and got.dtype == torch.int64, name
+    assert t.value.shape == (0,) and t.value.dtype == torch.float32
+    assert t.labels.shape == (0, 3) and t.labels.dtype == torch.int32
+    assert t.scalars.tolist() == [[0], [6], [6]]  # images 2, 0, 3: none, [6], [6]
+    assert t.offsets.tolist() == [0, 0, 0, 0] and t.offsets.dtype == torch.int64
+    out = IoUTally.zeros(2, len(ToyProbe(4).concepts), 2)
+    t.tally(torch.ones(3, dtype=torch.bool), units, torch.zeros(2),
+            torch.zeros(len(ToyProbe(4).concepts), dtype=torch.int64), out)
+    assert int(out.unit_pixels.sum()) == 0
+
+
+def test_pixel_table_of_no_pairs():
+    from nemaudit.explain.netdissect.dissect import pixel_table
+
+    z = torch.empty(0, dtype=torch.int64)
+    t = pixel_table(torch.empty(0, 1, 1), z, z, torch.zeros(2), ToyProbe(4), 2,
+                    torch.device("cpu"), 1e9)
+    assert t.labels.shape == (0, 0) and t.scalars.shape == (0, 0)
+    assert t.offsets.tolist() == [0]

@@ -47,6 +47,9 @@ MODULE_TESTS: dict[str, list[str]] = {
         "tests/test_spec.py",
     ],
     "nemaudit/audit/result.py": ["tests/test_audit.py", "tests/test_metric_meanings.py"],
+    "nemaudit/audit/confidence.py": ["tests/test_confidence.py", "tests/test_boundaries.py"],
+    "nemaudit/audit/netdissect/bootstrap.py": ["tests/test_bootstrap_probe.py",
+                                               "tests/test_confidence.py"],
     "nemaudit/audit/netdissect/flags.py": ["tests/test_netdissect_result.py", "tests/test_bootstrap_probe.py"],
     "nemaudit/audit/netdissect/result.py": [
         "tests/test_audit.py",
@@ -58,6 +61,7 @@ MODULE_TESTS: dict[str, list[str]] = {
         "tests/test_nd_run_exact.py",
         "tests/test_audit.py",
         "tests/test_metric_meanings.py",
+        "tests/test_threaded_group.py",  # the group branches, ranks as threads
     ],
     "nemaudit/audit/milan/run.py": [
         "tests/test_milan_audit.py",
@@ -102,6 +106,7 @@ MODULE_TESTS: dict[str, list[str]] = {
         "tests/test_tally_incremental_exact.py",
         "tests/test_tally_labels.py",
         "tests/test_incremental.py",
+        "tests/test_threaded_group.py",
     ],
     "nemaudit/explain/common": [
         "tests/test_netdissect.py",
@@ -111,13 +116,17 @@ MODULE_TESTS: dict[str, list[str]] = {
         "tests/test_incremental.py",
         "tests/test_model.py",
         "tests/test_memo_probe.py",
+        "tests/test_threaded_group.py",  # merge_across_ranks
     ],
+    "nemaudit/dist.py": ["tests/test_threaded_group.py", "tests/test_distributed.py"],
     "nemaudit/explain/saliency/metrics.py": ["tests/test_fooling.py",
                                              "tests/test_saliency_metrics_exact.py"],
     "nemaudit/explain/saliency/__init__.py": ["tests/test_saliency_interpreters.py"],
     "nemaudit/corrupt/manipulate/losses.py": ["tests/test_fooling.py",
                                               "tests/test_saliency_metrics_exact.py"],
-    "nemaudit/audit/saliency/run.py": ["tests/test_saliency_audit.py", "tests/test_fooling.py"],
+    # the fast value-by-value tests only: test_saliency_audit.py and test_fooling.py train the
+    # bundled model, minutes a mutant
+    "nemaudit/audit/saliency/run.py": ["tests/test_saliency_run_exact.py"],
     "nemaudit/cli/common.py": [
         "tests/test_cli_common.py",
         "tests/test_cli.py",

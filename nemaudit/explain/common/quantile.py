@@ -150,14 +150,8 @@ def merge_across_ranks(quant: TopQuantile) -> TopQuantile:
     if count > out.n_total:
         raise ValueError(f"the ranks saw {count} values per unit, more than the declared "
                          f"{out.n_total}: did two ranks take the same images?")
-    # padding (−inf) never enters the top `capacity` unless a unit has fewer real values,
-    # and then the buffer is read as a full one only once count == n_total values arrived
-    finite = torch.isfinite(values)
-    keep = int(finite.sum(dim=1).min()) if values.numel() else 0
+    # all_gather_rows cuts each rank's rows back to its own width: no padding is left
     out._keep_top(values, ids)
-    if out.values.shape[1] > keep:  # drop padding a rank with fewer values contributed
-        vals, pos = out.values.topk(keep, dim=1, sorted=False)
-        out.values, out.ids = vals, (None if out.ids is None else out.ids.gather(1, pos))
     return out
 
 

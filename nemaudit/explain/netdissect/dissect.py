@@ -348,7 +348,8 @@ def dissect(model: torch.nn.Module, layer: str, probe: ProbeDataset,
             for batch, acts in stream_activations(model, layer, loader, device, transform):
                 tally_batch(acts, batch.pixel_labels, batch.image_labels, thresholds, lab_cat, tally)
                 task.advance(len(batch))
-    tally.sum_across_ranks()
+    if group is not None:  # distributed=False: this rank's whole-probe tally is the result
+        tally.sum_across_ranks()
     tally.label = label_counts
     meta = {"probe": probe.name, "images": len(probe),
             "cache_overflow": cache.overflow}
