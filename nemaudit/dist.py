@@ -150,10 +150,11 @@ def _store():
 
 
 def report_failure(exc: BaseException) -> None:
-    """Post this rank's error where the other ranks look when their collective fails."""
+    """Post this rank's error where the other ranks look when their collective fails. A
+    :class:`DistributedError` is not posted: it only repeats another rank's, the cause."""
     g = active()
     store = _store()
-    if g is None or store is None:
+    if g is None or store is None or isinstance(exc, DistributedError):
         return
     try:
         store.set(f"nemaudit/error/{g.rank}", f"{type(exc).__name__}: {exc}"[:2000])
