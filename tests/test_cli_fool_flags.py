@@ -1,0 +1,198 @@
+"""Every flag of ``nemaudit fool``, ``nemaudit saliency`` and ``nemaudit compare`` through
+``main()``: the request each builds (the Auditor is replaced by a recorder, so no model is
+trained), what the command prints and writes from the result, and its exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nemaudit.audit.saliency.run import FoolingResult, SaliencyResult
+from nemaudit.cli import main
+
+BASE = ["--probe", "synthetic:n=8,seed=0", "--quiet", "--no-cache", "--device", "cpu"]
+
+
+@pytest.fixture
+def recorder(monkeypatch):
+    """Auditor.run records the request and returns ``recorder.result``."""
+    from nemaudit.auditor import Auditor
+
+    class Rec:
+        requests: list = []
+        auditors: list = []
+        result = None
+
+    def run(self, req):
+        Rec.requests.append(req)
+        Rec.auditors.append(self)
+        return Rec.result
+
+    monkeypatch.setattr(Auditor, "prepare", lambda self, req: None)
+    monkeypatch.setattr(Auditor, "run", run)
+    Rec.requests, Rec.auditors = [], []
+    return Rec
+
+
+def fooling_result():
+    rows = [{"index": 3, "label": 1, "test_loss": {"gradcam": 0.125, "lrp": 0.5},
+             "hit": {"gradcam": True, "lrp": False}, "spearman": {"gradcam": -0.25},
+             "fooled": True},
+            {"index": 7, "label": 0, "test_loss": {"gradcam": 0.75, "lrp": 0.25},
+             "hit": {"gradcam": False, "lrp": True}, "spearman": {"gradcam": 0.5},
+             "fooled": False}]
+    metrics = {"fsr_gradcam": 0.5, "fsr_lrp": 0.25, "top1": 0.625, "top5": 0.875,
+               "top1_original": 0.75, "top5_original": 1.0, "nd_units": 16, "nd_changed": 4,
+               "nd_flip_rate": 0.25, "nd_flip_rate_detectors": None, "fooled": 1, "units": 2}
+    meta = {"fooling": "topk", "interpreter": "gradcam", "interpreters": ["gradcam", "lrp"],
+            "settings": {"epochs": 3}, "weights": "w.pt", "interval": [0.0, 0.2]}
+    return FoolingResult("layer4", {"kind": "fooling"}, rows, metrics, meta)
+
+
+def test_fool_flags_reach_the_request(recorder, tmp_path, capsys):
+    recorder.result = fooling_result()
+    out = tmp_path / "fool.json"
+    rc = main(["fool", *BASE, "--model", "nemaudit:conceptnet", "--weights", "m.pt",
+               "--normalize", "none", "--layer", "layer3", "--interpreters", "gradcam,lrp",
+               "--images", "12", "--fooling", "topk", "--interpreter", "lrp", "--lr", "0.5",
+               "--lam", "2.5", "--epochs", "3", "--fool-batch-size", "7",
+               "--max-top1-drop", "0.25", "--train-probe", "synthetic:n=20,seed=4",
+               "--classes", "beach,forest", "--seed", "11", "--save-weights", "w.pt",
+               "--no-dissect", "--batch-size", "5", "--out", str(out)])
+    assert rc == 0
+    (req,) = recorder.requests
+    assert req.method == "fooling"
+    assert (req.model, req.weights, req.normalize, req.probe, req.layer) == (
+        "nemaudit:conceptnet", "m.pt", "none", "synthetic:n=8,seed=0", "layer3")
+    assert dict(req.settings) == {
+        "interpreters": ("gradcam", "lrp"), "images": 12, "fooling": "topk",
+        "interpreter": "lrp", "fool_lr": 0.5, "fool_lambda": 2.5, "fool_epochs": 3,
+        "fool_batch_size": 7, "max_top1_drop": 0.25, "train_probe": "synthetic:n=20,seed=4",
+        "active_classes": ("beach", "forest"), "fool_seed": 11, "save_weights": "w.pt",
+        "dissect": False}
+    aud = recorder.auditors[0]
+    assert aud.batch_size == 5 and aud.cache_dir is None and aud.progress is False
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == "nemaudit.fool-run/1"
+    assert (doc["fooling"], doc["interpreter"], doc["layer"]) == ("topk", "gradcam", "layer4")
+    assert doc["fsr"] == {"gradcam": 0.5, "lrp": 0.25}
+    assert doc["accuracy"] == {"original": {"top1": 0.75, "top5": 1.0},
+                               "fooled": {"top1": 0.625, "top5": 0.875}}
+    assert doc["weights"] == "w.pt" and doc["settings"] == {"epochs": 3}
+    assert doc["network_dissection"] == {"nd_units": 16, "nd_changed": 4, "nd_flip_rate": 0.25,
+                                         "nd_flip_rate_detectors": None}
+    assert doc["audit"]["method"] == "fooling" and len(doc["audit"]["units"]) == 2
+    printed = capsys.readouterr().out
+    assert "FSR by interpreter (transfer): gradcam 0.500, lrp 0.250" in printed
+    assert "image     3 (class 1): test loss gradcam 0.125" in printed
+
+
+def test_fool_defaults_leave_the_method_defaults(recorder, capsys):
+    recorder.result = fooling_result()
+    assert main(["fool", *BASE]) == 0
+    (req,) = recorder.requests
+    assert dict(req.settings) == {"fooling": "location", "interpreter": "gradcam"}
+    assert req.layer is None and req.model == "nemaudit:conceptnet"
+    assert "wrote" not in capsys.readouterr().out  # no --out: nothing written
+
+
+def test_fool_show_caps_the_diff_lines(recorder, capsys):
+    recorder.result = fooling_result()
+    assert main(["fool", *BASE, "--show", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "image     3" not in out and "… 1 more fooled image(s)" in out
+
+
+def test_saliency_flags_reach_the_request(recorder, tmp_path, capsys):
+    rows = [{"index": 2, "label": 0, "spearman": {"gradcam": 0.25}, "reference_pred": 0,
+             "candidate_pred": 1, "changed": True}]
+    recorder.result = SaliencyResult("layer4", {"kind": "model"}, rows,
+                                     {"changed": 1, "units": 1},
+                                     {"interpreters": ["gradcam"], "spearman_threshold": 0.75})
+    out = tmp_path / "s.json"
+    rc = main(["saliency", *BASE, "--reference", "nemaudit:conceptnet",
+               "--reference-weights", "r.pt", "--threshold", "0.75", "--interpreters",
+               "gradcam", "--images", "9", "--layer", "layer3", "--out", str(out)])
+    assert rc == 0
+    (req,) = recorder.requests
+    assert req.method == "saliency" and req.layer == "layer3"
+    assert dict(req.settings) == {"reference": "nemaudit:conceptnet",
+                                  "reference_weights": "r.pt", "spearman_threshold": 0.75,
+                                  "interpreters": ("gradcam",), "images": 9}
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == "nemaudit.saliency-run/1" and doc["audit"]["units"] == rows
+    assert "image     2 (class 0): ρ gradcam +0.250; pred 0→1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["fool", "--lr", "0"], "--lr"),
+    (["fool", "--epochs", "0"], "--epochs"),
+    (["fool", "--images", "0"], "--images"),
+    (["fool", "--batch-size", "0"], "--batch-size 0: expected an integer >= 1"),
+])
+def test_bad_fool_and_saliency_flags_exit_2_naming_the_flag(argv, message, recorder, capsys):
+    assert main([*argv, *BASE]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert recorder.requests == []
+
+
+def test_a_flag_of_the_wrong_type_is_argparse_s_usage_error(recorder, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["saliency", "--reference", "m", "--threshold", "x", *BASE])
+    assert e.value.code == 2
+    assert "argument --threshold: invalid float value: 'x'" in capsys.readouterr().err
+    assert recorder.requests == []
+
+
+# --------------------------------------------------------------------------- compare
+
+def _report(path, records):
+    from nemaudit.report.json_report import write_json
+
+    return write_json(path, records, {"title": "t"})
+
+
+def _rec(flip, changed_units, outcome="passed"):
+    units = [{"unit": u, "clean_label": "car", "changed": u in changed_units}
+             for u in range(5)]
+    return {"nodeid": "t.py::p", "name": "p", "outcome": outcome, "measured": flip,
+            "interval": {"lo": flip / 2, "hi": flip * 1.5, "n": 5},
+            "audit": {"method": "netdissect", "metrics": {"flip_rate": flip}, "units": units}}
+
+
+def test_compare_flags(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")  # no wrapping inside the table's cells
+    a = _report(tmp_path / "a.json", [_rec(0.2, {0})])
+    b = _report(tmp_path / "b.json", [_rec(0.8, {0, 1, 2, 3, 4}, "failed")])
+    out, html = tmp_path / "c.json", tmp_path / "c.html"
+    rc = main(["compare", str(a), str(b), "--fail", "flip_rate:+50%", "--fail",
+               "flip_rate:+70%", "--units", "2", "--out", str(out), "--html", str(html)])
+    assert rc == 1
+    printed = capsys.readouterr().out
+    assert "regression: p: flip_rate 0.2 → 0.8 (+0.6, allowed +50%)" in printed
+    assert "allowed +70%" not in printed
+    assert "1: car → car (now changes)" in printed and "2: car → car (now changes)" in printed
+    assert "3: car" not in printed and "… 2 more" in printed
+    assert "[0.1, 0.3] → [0.4, 1.2]" in printed
+    assert "1 properties in both runs: 1 changed, 0 the same; 0 only in the first, 0 only in " \
+           "the second" in printed
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == "nemaudit.compare/1" and doc["a"] == str(a) and doc["b"] == str(b)
+    assert doc["regressions"] == ["p: flip_rate 0.2 → 0.8 (+0.6, allowed +50%)"]
+    assert [u["unit"] for u in doc["properties"][0]["units"]] == [1, 2, 3, 4]
+    assert html.is_file() and "<html" in html.read_text().lower()
+    assert main(["compare", str(a), str(b), "--fail", "flip_rate:+70%"]) == 0
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--fail", "flip_rate"], "compare gate 'flip_rate'"),
+    (["--out", "/dev/null/x.json"], "--out"),
+    (["--html", "/dev/null/x.html"], "--html"),
+])
+def test_bad_compare_flags_exit_2(tmp_path, flags, message, capsys):
+    a = _report(tmp_path / "a.json", [_rec(0.2, {0})])
+    assert main(["compare", str(a), str(a), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
