@@ -196,3 +196,64 @@ def test_bad_compare_flags_exit_2(tmp_path, flags, message, capsys):
     assert main(["compare", str(a), str(a), *flags]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- radius
+
+def test_radius_flags_reach_one_request_per_layer(recorder, tmp_path, capsys):
+    from nemaudit.audit.radius.run import RadiusResult
+
+    rows = [{"unit": u, "clean_label": "car", "budget": "std", "radius": r, "bracket": [r / 2, r],
+             "broken": True} for u, r in ((4, 0.25), (1, 0.125))]
+    recorder.result = RadiusResult("layer3", {"kind": "gaussian"}, rows,
+                                   {"changed": 2, "units": 2}, {})
+    out = tmp_path / "r.json"
+    rc = main(["radius", *BASE, "--layer", "layer3", "--layer", "layer4", "--corruption",
+               "gaussian:std=0.5", "--units", "4,1", "--max-units", "2", "--tolerance",
+               "0.01", "--set", "radius_units=labelled", "--show", "1", "--out", str(out)])
+    assert rc == 0
+    assert [r.layer for r in recorder.requests] == ["layer3", "layer4"]
+    for req in recorder.requests:
+        assert req.method == "radius" and req.corruption == "gaussian:std=0.5"
+        assert req.units == (4, 1) and req.max_units == 2
+        assert dict(req.settings) == {"radius_tolerance": 0.01, "radius_units": "labelled"}
+    printed = capsys.readouterr().out
+    assert "unit    1: car changes at std 0.125 (bracket [0.0625, 0.125])" in printed
+    assert "unit    4" not in printed and "… 1 more broken unit(s)" in printed
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == "nemaudit.radius-run/1" and len(doc["radii"]) == 2
+    assert doc["radii"][0]["units"] == rows
+
+
+def test_radius_with_expect_searches_with_its_tolerance_and_strictness(recorder, monkeypatch,
+                                                                       tmp_path, capsys):
+    from nemaudit.audit.radius import breaking
+
+    calls = []
+
+    def search(auditor, req, exp, *, tolerance=None, strict=False):
+        calls.append((req, exp.text, tolerance, strict))
+        return breaking.BreakingBudget(exp.text, req.layer, "gaussian", "std", 0.5, 0.01,
+                                       (0.125, 0.25), True, 2,
+                                       trail=[{"budget": 0.25, "status": "failed",
+                                               "measured": 0.75, "broken": True},
+                                              {"budget": 0.125, "status": "passed",
+                                               "measured": None, "broken": False}])
+
+    monkeypatch.setattr(breaking, "smallest_breaking_budget", search)
+    out = tmp_path / "b.json"
+    rc = main(["radius", *BASE, "--layer", "layer4", "--corruption", "gaussian:std=0.5",
+               "--expect", "flip_rate <= 0.1", "--tolerance", "0.01", "--strict",
+               "--units", "0,2", "--out", str(out)])
+    assert rc == 0
+    ((req, text, tol, strict),) = calls
+    assert req.method == "netdissect" and req.units == (0, 2) and req.layer == "layer4"
+    assert (text, tol, strict) == ("flip_rate <= 0.1", 0.01, True)
+    printed = capsys.readouterr().out
+    assert "std=0.25: failed (measured 0.75)" in printed
+    assert "std=0.125: passed (measured —)" in printed
+    (s,) = json.loads(out.read_text())["searches"]
+    assert s["budget_key"] == "std" and s["broken"] is True
+    assert main(["radius", *BASE, "--layer", "l", "--corruption", "gaussian:std=0.5",
+                 "--expect", "flip_rate <= 0.1"]) == 0
+    assert calls[-1][2:] == (None, False)  # no --tolerance, no --strict

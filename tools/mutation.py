@@ -139,6 +139,7 @@ MODULE_TESTS: dict[str, list[str]] = {
     ],
     "nemaudit/cli/dissect.py": ["tests/test_cli.py", "tests/test_cli_flags.py"],
     "nemaudit/cli/fool.py": ["tests/test_cli_fool_flags.py"],
+    "nemaudit/cli/radius.py": ["tests/test_cli_fool_flags.py"],
     "nemaudit/cli/compare.py": ["tests/test_cli_fool_flags.py", "tests/test_compare.py"],
     "nemaudit/report/compare.py": ["tests/test_compare_exact.py", "tests/test_compare.py"],
     "nemaudit/report/html.py": [
