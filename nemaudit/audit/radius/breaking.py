@@ -34,9 +34,6 @@ from nemaudit.audit.request import AuditRequest
 from nemaudit.errors import SpecError
 
 SCHEMA = "nemaudit.breaking/1"
-#: budget keys the search bisects: a larger value is a stronger corruption (JPEG's
-#: ``quality`` is the other way round)
-GROWING = ("std", "eps")
 #: brackets within this relative slack of the tolerance are done (float halving noise)
 _SLACK = 1e-9
 
@@ -85,28 +82,6 @@ class BreakingBudget:
                 f"{self.seconds:.1f} s)")
 
 
-def _budget_key(spec: str) -> tuple[str, str, float]:
-    """(kind, budget key, largest budget) of a corruption spec."""
-    from nemaudit.corrupt.kinds import KINDS
-    from nemaudit.specs import convert, tokenize
-
-    tokens = tokenize(spec, "corruption")
-    kind = KINDS.get(tokens.kind)
-    key = kind.budget if kind is not None else None
-    if key is not None and key not in GROWING:
-        raise SpecError(f"corruption {spec!r}: its budget {key} is not one that grows with "
-                        f"the corruption's strength ({', '.join(GROWING)}); a breaking-budget "
-                        "search bisects such a budget")
-    if key is None or key not in tokens.fields:
-        raise SpecError(f"corruption {spec!r}: a breaking-budget search needs the largest "
-                        f"budget to search in the spec ({key or 'std/eps'}=...), e.g. "
-                        "gaussian:std=0.2")
-    top = convert(tokens.fields[key], float, key)
-    if not (isinstance(top, float) and math.isfinite(top) and top > 0):
-        raise SpecError(f"corruption {spec!r}: the budget {key}={top} must be > 0")
-    return tokens.kind, key, top
-
-
 def smallest_breaking_budget(auditor: Any, request: AuditRequest, expectation: Any, *,
                              tolerance: float | None = None, strict: bool = False
                              ) -> BreakingBudget:
@@ -116,7 +91,7 @@ def smallest_breaking_budget(auditor: Any, request: AuditRequest, expectation: A
     a *warned* verdict (the point estimate holds, its ``@ level`` bound does not) counts as
     broken, as under ``--nemaudit-fail-on-warn``. Every audit runs on ``auditor`` (its clean
     cache and in-memory results are reused)."""
-    from nemaudit.audit.radius.run import _spec_at
+    from nemaudit.audit.radius.budget import budget_key, spec_at
     from nemaudit.expectations import metrics_of, parse_expectation
 
     exp = parse_expectation(expectation) if isinstance(expectation, str) else expectation
@@ -133,7 +108,7 @@ def smallest_breaking_budget(auditor: Any, request: AuditRequest, expectation: A
     if not isinstance(spec, str):
         raise SpecError("a breaking-budget search needs the corruption as a spec string (its "
                         "budget is varied), e.g. 'gaussian:std=0.2'")
-    kind, key, top = _budget_key(spec)
+    kind, key, top = budget_key(spec, "breaking-budget search")
     tol = float(tolerance) if tolerance is not None else top / 64
     if not (math.isfinite(tol) and 0 < tol <= top):
         raise SpecError(f"tolerance {tolerance!r}: expected a number in (0, {top:.4g}]")
@@ -143,7 +118,7 @@ def smallest_breaking_budget(auditor: Any, request: AuditRequest, expectation: A
 
     def breaks(budget: float) -> bool:
         nonlocal layer
-        r = auditor.run(request.but(corruption=_spec_at(spec, key, budget)))
+        r = auditor.run(request.but(corruption=spec_at(spec, key, budget)))
         layer = r.layer
         verdict = exp.judge(metrics_of(r), r)
         broken = verdict.status == "failed" or (strict and verdict.status == "warned")

@@ -49,32 +49,16 @@ class RadiusResult(MethodResult):
         return None
 
 
-def _spec_at(spec: str, key: str, value: float) -> str:
-    from nemaudit.specs import format_spec, tokenize
-
-    tokens = tokenize(spec, "corruption")
-    return format_spec(tokens.kind, {**tokens.fields, key: repr(float(value))})
-
-
 def run_request(request: AuditRequest, resolved: Resolved) -> RadiusResult:
     """The registered method's entry point (:class:`nemaudit.audit.radius.Radius`)."""
     from nemaudit.audit.netdissect.run import audit, audit_config, clean_dissection
-    from nemaudit.corrupt.kinds import KINDS
-    from nemaudit.specs import convert, tokenize
+    from nemaudit.audit.radius.budget import budget_key, spec_at
 
     spec = resolved.corruption
     if not isinstance(spec, str):
         raise SpecError("a radius search needs the corruption as a spec string (its budget "
                         "is varied), e.g. 'gaussian:std=0.1'")
-    tokens = tokenize(spec, "corruption")
-    kind = KINDS.get(tokens.kind)
-    key = kind.budget if kind is not None else None
-    if key is None or key not in tokens.fields:
-        raise SpecError(f"corruption {spec!r}: a radius search needs the largest budget to "
-                        f"search in the spec ({key or 'std/eps'}=...)")
-    top = convert(tokens.fields[key], float, key)
-    if not top > 0:
-        raise SpecError(f"corruption {spec!r}: the budget {key}={top} must be > 0")
+    _, key, top = budget_key(spec, "radius search")
     tol = float(request.get("radius_tolerance", top / 32))
     config = audit_config(request, resolved)
     clean = clean_dissection(request, resolved)
@@ -99,7 +83,7 @@ def run_request(request: AuditRequest, resolved: Resolved) -> RadiusResult:
     def changed_at(budget: float, group: list[int]) -> dict[int, bool]:
         nonlocal evaluations
         evaluations += 1
-        r = audit(resolved.model, resolved.layer, resolved.probe, _spec_at(spec, key, budget),
+        r = audit(resolved.model, resolved.layer, resolved.probe, spec_at(spec, key, budget),
                   config, device=resolved.device, cache_dir=resolved.cache_dir, units=group)
         return {row["unit"]: bool(row["changed"]) for row in r.rows}
 

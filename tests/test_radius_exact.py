@@ -1,0 +1,326 @@
+"""The two radius searches value by value against oracles whose answer is known: each unit
+(or the property) breaks exactly at a chosen budget, so the bracket, the count of audits, the
+quantiles and the unit selection can be checked exactly — no model is run."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from nemaudit.audit.netdissect import run as ndrun
+from nemaudit.audit.radius import breaking
+from nemaudit.audit.radius.budget import spec_at
+from nemaudit.audit.radius.run import run_request
+from nemaudit.audit.request import AuditRequest, Resolved
+from nemaudit.errors import SpecError
+from nemaudit.probe.base import Concept
+
+CONCEPTS = [Concept(0, "-", ""), Concept(1, "red", "colour"), Concept(2, "box", "object")]
+
+
+class Oracle:
+    """audit() stand-in: unit u changes at a budget ≥ radius[u] (inf: never)."""
+
+    def __init__(self, radius: dict[int, float], key: str = "std") -> None:
+        self.radius, self.key, self.calls = radius, key, []
+
+    def __call__(self, model, layer, probe, spec, config, *, device=None, cache_dir=None,
+                 units=None):
+        from nemaudit.specs import tokenize
+
+        budget = float(tokenize(spec, "corruption").fields[self.key])
+        self.calls.append((budget, list(units)))
+        return SimpleNamespace(rows=[{"unit": u, "changed": budget >= self.radius[u]}
+                                     for u in units])
+
+
+def clean(labels, ious, iou_threshold=0.04):
+    return SimpleNamespace(best=lambda: (torch.tensor(labels),
+                                         torch.tensor(ious, dtype=torch.float64)),
+                           units=len(labels), concepts=CONCEPTS,
+                           config=SimpleNamespace(iou_threshold=iou_threshold))
+
+
+@pytest.fixture
+def search(monkeypatch):
+    """run_request(settings, radius, labels, ious) with the oracle and a fake clean run."""
+
+    def go(radius, labels, ious, corruption="gaussian:std=0.5", run_cap=None, **settings):
+        oracle = Oracle(radius, "eps" if corruption.startswith(("pgd", "fgsm")) else "std")
+        monkeypatch.setattr(ndrun, "audit", oracle)
+        monkeypatch.setattr(ndrun, "clean_dissection", lambda req, res: clean(labels, ious))
+        req = AuditRequest.build("radius", corruption=corruption, **settings)
+        res = Resolved(None, None, "layer4", corruption, "cpu", max_units=run_cap)
+        return run_request(req, res), oracle
+
+    return go
+
+
+def test_each_unit_s_radius_is_bracketed_within_the_tolerance(search):
+    radius = {0: 0.1, 1: 0.33, 2: math.inf, 3: 0.5, 4: 0.01}
+    r, oracle = search(radius, [1, 1, 2, 1, 2], [0.5] * 5, radius_tolerance=0.02)
+    rows = {row["unit"]: row for row in r.rows}
+    assert list(rows) == [0, 1, 2, 3, 4]
+    for u, true in radius.items():
+        row = rows[u]
+        lo, hi = row["bracket"]
+        assert row["budget"] == "std" and row["radius"] == hi
+        if math.isinf(true):
+            assert (lo, hi) == (0.0, 0.5) and not row["broken"] and row["censored"]
+            continue
+        assert row["broken"] and not row["censored"]
+        assert lo < true <= hi and hi - lo <= 0.02, (u, lo, hi)
+    assert rows[3]["bracket"][1] == 0.5  # breaks exactly at the top
+    assert rows[0]["clean_label"] == "red" and rows[2]["clean_label"] == "box"
+    assert rows[0]["clean_iou"] == 0.5
+    # the first audit is at the top, over every unit; later ones only the open units
+    assert oracle.calls[0] == (0.5, [0, 1, 2, 3, 4])
+    assert all(2 not in units for _, units in oracle.calls[1:])
+    assert r.metrics["evaluations"] == len(oracle.calls)
+    assert r.meta["tolerance"] == 0.02 and r.meta["budget_key"] == "std"
+    assert r.meta["units_searched"] == "detectors"
+
+
+def test_units_at_the_same_midpoint_share_one_audit(search):
+    r, oracle = search({0: 0.2, 1: 0.2, 2: 0.2}, [1, 1, 1], [0.5] * 3, radius_tolerance=0.05)
+    assert all(len(units) == 3 for _, units in oracle.calls)  # one audit per bisection step
+    assert len({tuple(row["bracket"]) for row in r.rows}) == 1
+    budgets = [b for b, _ in oracle.calls]
+    assert budgets[0] == 0.5 and budgets == sorted(set(budgets), key=budgets.index)
+
+
+def test_midpoints_sit_on_a_grid_a_quarter_of_the_tolerance_wide(search):
+    tol = 0.04
+    r, oracle = search({0: 0.137}, [1], [0.5], radius_tolerance=tol)
+    grid = tol / 4
+    for b, _ in oracle.calls[1:]:
+        assert abs(b / grid - round(b / grid)) < 1e-9, b
+    lo, hi = r.rows[0]["bracket"]
+    assert lo < 0.137 <= hi and hi - lo <= tol
+
+
+def test_the_default_tolerance_is_a_32nd_of_the_top(search):
+    r, _ = search({0: 0.3}, [1], [0.5])
+    assert r.meta["tolerance"] == 0.5 / 32
+    lo, hi = r.rows[0]["bracket"]
+    assert hi - lo <= 0.5 / 32
+
+
+def test_summary_metrics_are_the_quantiles_of_the_radii(search):
+    radius = {u: 0.05 * (u + 1) for u in range(7)}
+    r, _ = search(radius, [1] * 7, [0.5] * 7, radius_tolerance=0.001)
+    radii = np.array([row["radius"] for row in r.rows])
+    m = r.metrics
+    assert m["units"] == 7 and m["max_budget"] == 0.5 and m["broken_rate"] == 1.0
+    assert m["median"] == pytest.approx(float(np.median(radii)))
+    assert m["mean"] == pytest.approx(float(radii.mean()))
+    assert m["min"] == float(radii.min())
+    # "inclusive" deciles: numpy's linear percentiles
+    assert m["q10"] == pytest.approx(float(np.percentile(radii, 10)))
+    assert m["q90"] == pytest.approx(float(np.percentile(radii, 90)))
+
+
+def test_a_single_unit_and_censored_units(search):
+    r, _ = search({0: math.inf, 1: 0.25}, [1, 1], [0.5, 0.5], units=(1,),
+                  radius_tolerance=0.01)
+    assert [row["unit"] for row in r.rows] == [1]
+    m = r.metrics
+    assert m["q10"] == m["q90"] == m["median"] == m["min"] == r.rows[0]["radius"]
+    r, _ = search({0: math.inf, 1: 0.25}, [1, 1], [0.5, 0.5], radius_tolerance=0.01)
+    assert r.metrics["broken_rate"] == 0.5
+    assert r.rows[0]["radius"] == 0.5  # censored: the largest budget, a lower bound
+
+
+@pytest.mark.parametrize("which, want", [("detectors", [0, 3]), ("labelled", [0, 1, 3]),
+                                         ("all", [0, 1, 2, 3])])
+def test_which_units_are_searched(search, which, want):
+    labels, ious = [1, 2, 0, 1], [0.04, 0.0399, 0.0, 0.5]  # unit 0 exactly at the threshold
+    r, _ = search(dict.fromkeys(range(4), 0.25), labels, ious, radius_units=which,
+                  radius_tolerance=0.1)
+    assert [row["unit"] for row in r.rows] == want
+    assert r.rows[[row["unit"] for row in r.rows].index(want[-1])]["clean_label"] == "red"
+    if which == "all":
+        assert r.rows[2]["clean_label"] is None
+
+
+@pytest.mark.parametrize("cap, where, want", [(3, "request", [0, 3, 6]), (4, "run", [0, 2, 5, 7]),
+                                              (10, "request", list(range(10))),
+                                              (1, "run", [0])])
+def test_a_unit_cap_spreads_the_searched_units_evenly(search, cap, where, want):
+    kw = {"max_units": cap} if where == "request" else {}
+    r, _ = search(dict.fromkeys(range(10), 0.25), [1] * 10, [0.5] * 10,
+                  run_cap=cap if where == "run" else None, radius_tolerance=0.1, **kw)
+    assert [row["unit"] for row in r.rows] == want
+
+
+def test_the_request_s_cap_wins_over_the_run_s(search):
+    r, _ = search(dict.fromkeys(range(10), 0.25), [1] * 10, [0.5] * 10, run_cap=2,
+                  radius_tolerance=0.1, max_units=5)
+    assert len(r.rows) == 5
+
+
+def test_an_attack_budget_is_eps(search):
+    r, oracle = search({0: 0.02}, [1], [0.5], corruption="pgd:eps=0.0625,steps=1",
+                       radius_tolerance=0.004)
+    assert r.rows[0]["budget"] == "eps" and r.meta["budget_key"] == "eps"
+    assert oracle.calls[0][0] == 0.0625
+
+
+@pytest.mark.parametrize("corruption, message", [
+    ("gaussian:fraction=0.5", "a radius search needs the largest budget to search in the spec "
+                              "(std=...), e.g. gaussian:std=0.2"),
+    ("jpeg:quality=50", "its budget quality is not one that grows with the corruption's "
+                        "strength (std, eps); a radius search bisects such a budget"),
+    ("gaussian:std=0", "the budget std=0.0 must be > 0"),
+])
+def test_bad_radius_requests_say_why(search, corruption, message):
+    with pytest.raises(SpecError) as e:
+        search({0: 0.1}, [1], [0.5], corruption=corruption)
+    assert message in str(e.value)
+
+
+def test_no_unit_to_search_is_an_error(search):
+    with pytest.raises(SpecError, match=r"^layer 'layer4': no detectors units to search$"):
+        search({0: 0.1}, [0], [0.0])
+
+
+def test_a_corruption_object_cannot_be_searched():
+    req = AuditRequest.build("radius")
+    with pytest.raises(SpecError, match="as a spec string"):
+        run_request(req, Resolved(None, None, "l", object(), "cpu"))
+
+
+def test_spec_at_replaces_only_the_budget():
+    assert spec_at("gaussian:std=0.5,fraction=0.25,seed=3", "std", 0.125) == \
+        "gaussian:std=0.125,fraction=0.25,seed=3"
+    assert spec_at("pgd:eps=8/255,steps=2", "eps", 0.5) == "pgd:eps=0.5,steps=2"
+
+
+# --------------------------------------------------------------------------- breaking budget
+
+class PropertyAuditor:
+    """An Auditor stand-in whose flip rate is ``rate(σ)``; with an interval ``(lo, hi)`` the
+    result carries it, so ``@`` expectations can warn."""
+
+    def __init__(self, rate, interval=None) -> None:
+        self.rate, self.interval, self.budgets = rate, interval, []
+
+    def seeded(self, spec):
+        return spec
+
+    def run(self, req):
+        from nemaudit.specs import tokenize
+
+        s = float(tokenize(req.corruption, "corruption").fields["std"])
+        self.budgets.append(s)
+        iv = self.interval
+
+        class R:
+            method, layer, metrics = "netdissect", "layer4", {"flip_rate": self.rate(s)}
+
+            def interval(self, metric, keys=(), level=0.95):
+                return None if iv is None else SimpleNamespace(lo=iv[0], hi=iv[1])
+
+        return R()
+
+
+def req(top=0.5):
+    return AuditRequest.build("netdissect", layer="layer4", corruption=f"gaussian:std={top}")
+
+
+@pytest.mark.parametrize("tol, audits", [(0.5 / 64, 1 + 6), (0.5 / 8, 1 + 3),
+                                         (0.5, 2)])  # no halving: the clean run is audited
+def test_bisection_brackets_the_breaking_budget(tol, audits):
+    a = PropertyAuditor(lambda s: 0.5 if s >= 0.3 else 0.0)
+    b = breaking.smallest_breaking_budget(a, req(), "flip_rate <= 0.1", tolerance=tol)
+    lo, hi = b.bracket
+    assert b.broken and b.budget == hi and lo < 0.3 <= hi and hi - lo <= tol * (1 + 1e-9)
+    assert b.evaluations == len(b.trail) == len(a.budgets) == audits
+    assert a.budgets[0] == 0.5 and b.tolerance == tol and b.top == 0.5
+    assert (b.key, b.kind, b.layer, b.expectation) == ("std", "gaussian", "layer4",
+                                                       "flip_rate <= 0.1")
+    for t in b.trail:
+        assert t["broken"] == (t["budget"] >= 0.3) and t["measured"] == a.rate(t["budget"])
+        assert t["status"] == ("failed" if t["broken"] else "passed")
+
+
+def test_the_default_tolerance_is_a_64th_of_the_top():
+    b = breaking.smallest_breaking_budget(PropertyAuditor(lambda s: float(s >= 0.2)), req(),
+                                          "flip_rate <= 0.5")
+    assert b.tolerance == 0.5 / 64 and b.evaluations == 7
+
+
+def test_a_property_that_holds_at_the_top_is_censored():
+    b = breaking.smallest_breaking_budget(PropertyAuditor(lambda s: 0.0), req(),
+                                          "flip_rate <= 0.1")
+    assert not b.broken and b.budget is None and b.bracket == (0.5, math.inf)
+    assert b.evaluations == 1
+    doc = b.to_json()
+    assert doc["bracket"] == [0.5, None] and doc["budget"] is None and doc["broken"] is False
+    assert doc["schema"] == breaking.SCHEMA and doc["max_budget"] == 0.5
+    assert b.summary() == ("'flip_rate <= 0.1' holds up to std=0.5 (1 audit(s)): no breaking "
+                           "std within the range")
+
+
+def test_broken_even_clean_is_budget_zero_and_held_near_zero_is_not():
+    always = PropertyAuditor(lambda s: 1.0)
+    b = breaking.smallest_breaking_budget(always, req(), "flip_rate <= 0.1", tolerance=0.125)
+    assert b.bracket == (0.0, 0.0) and b.broken and always.budgets[-1] == 0.0
+    assert b.evaluations == 1 + 2 + 1
+    tiny = PropertyAuditor(lambda s: float(s > 0))  # holds only at σ = 0
+    b = breaking.smallest_breaking_budget(tiny, req(), "flip_rate <= 0.1", tolerance=0.125)
+    assert b.bracket == (0.0, 0.125) and b.budget == 0.125 and tiny.budgets[-1] == 0.0
+    assert b.summary().startswith("'flip_rate <= 0.1' breaks at std=0.125 (holds at 0; 4 "
+                                  "audits, ")
+
+
+def test_strict_counts_a_warned_verdict_as_broken():
+    rate = lambda s: 0.05  # noqa: E731 - holds at every σ, but its interval reaches 0.2
+    a = PropertyAuditor(rate, interval=(0.0, 0.2))
+    lax = breaking.smallest_breaking_budget(a, req(), "flip_rate <= 0.1 @ 0.95")
+    assert not lax.broken and lax.trail[0]["status"] == "warned"
+    strict = breaking.smallest_breaking_budget(PropertyAuditor(rate, interval=(0.0, 0.2)),
+                                               req(), "flip_rate <= 0.1 @ 0.95", strict=True,
+                                               tolerance=0.25)
+    assert strict.broken and strict.trail[0] == {"budget": 0.5, "status": "warned",
+                                                 "measured": 0.05, "broken": True}
+
+
+@pytest.mark.parametrize("request_, expect, tolerance, message", [
+    (req(), "flip_rate <= 0.1", 0.0, "tolerance 0.0: expected a number in (0, 0.5]"),
+    (req(), "flip_rate <= 0.1", 0.75, "tolerance 0.75: expected a number in (0, 0.5]"),
+    (req(), "flip_rate <= 0.1", math.nan, "tolerance nan"),
+    (req(), "milan.manipulated_rate <= 0.1", None, "measures a milan audit, the request is a "
+                                                  "netdissect audit"),
+    (req(), "unchanged_since_baseline", None, "compares clean explanations with a baseline"),
+    (req().but(corruption="jpeg:quality=50"), "flip_rate <= 0.1", None,
+     "its budget quality is not one that grows"),
+    (req().but(corruption="gaussian:fraction=0.5"), "flip_rate <= 0.1", None,
+     "needs the largest budget to search in the spec (std=...), e.g. gaussian:std=0.2"),
+    (req().but(corruption="gaussian:std=-1"), "flip_rate <= 0.1", None,
+     "the budget std=-1.0 must be > 0"),
+])
+def test_bad_breaking_searches_say_why(request_, expect, tolerance, message):
+    with pytest.raises(SpecError) as e:
+        breaking.smallest_breaking_budget(PropertyAuditor(lambda s: 0.0), request_, expect,
+                                          tolerance=tolerance)
+    assert message in str(e.value)
+
+
+def test_a_radius_request_cannot_be_searched_again():
+    r = AuditRequest.build("radius", corruption="gaussian:std=0.5")
+    with pytest.raises(SpecError, match="sets its corruption budget itself"):
+        breaking.smallest_breaking_budget(PropertyAuditor(lambda s: 0.0), r,
+                                          "radius.median >= 0.1")
+
+
+def test_the_search_takes_a_parsed_expectation_too():
+    from nemaudit.expectations import parse_expectation
+
+    b = breaking.smallest_breaking_budget(PropertyAuditor(lambda s: float(s >= 0.25)), req(),
+                                          parse_expectation("flip_rate <= 0.5"), tolerance=0.25)
+    assert b.bracket == (0.0, 0.25) and b.evaluations == 3
