@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
+from typing import Any
 
 from nemaudit.audit.request import AuditRequest, Resolved
 from nemaudit.audit.result import MethodResult
@@ -107,7 +108,7 @@ def run_request(request: AuditRequest, resolved: Resolved) -> RadiusResult:
                     hi[u] = mid
                 else:
                     lo[u] = mid
-    rows = []
+    rows: list[dict[str, Any]] = []
     for u in units:
         broken = at_top[u]
         rows.append({"unit": int(u), "budget": key, "radius": hi[u], "bracket": [lo[u], hi[u]],
