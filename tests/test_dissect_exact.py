@@ -291,5 +291,29 @@ def test_pixel_table_of_no_pairs():
     z = torch.empty(0, dtype=torch.int64)
     t = pixel_table(torch.empty(0, 1, 1), z, z, torch.zeros(2), ToyProbe(4), 2,
                     torch.device("cpu"), 1e9)
-    assert t.labels.shape == (0, 0) and t.scalars.shape == (0, 0)
-    assert t.offsets.tolist() == [0]
+    assert t.labels.shape == (0, 0) and t.labels.dtype == torch.int32
+    assert t.scalars.shape == (0, 0) and t.scalars.dtype == torch.int64
+    assert t.offsets.tolist() == [0] and t.offsets.dtype == torch.int64
+    for name in ("pair", "key", "key_pair", "pair_key"):
+        got = getattr(t, name)
+        assert got.shape == (0,) and got.dtype == torch.int64, name
+    assert t.value.shape == (0,) and t.value.dtype == torch.float32
+    assert t.between(torch.zeros(2), torch.ones(2), torch.tensor([0, 1])).shape == (0,)
+
+
+def test_the_cache_budget_is_in_mebibytes():
+    assert DissectConfig(cache_budget_mb=1.5).cache_budget_bytes == 1.5 * 1024 * 1024
+    assert DissectConfig().cache_budget_bytes == 512 * 2**20
+
+
+@pytest.mark.parametrize("spare, built", [(0, True), (-1, False)])
+def test_a_kept_state_s_pixel_table_gets_half_the_cache_budget(toy_state, spare, built):
+    """The table needs E·(36 + 4L) bytes: a cache budget of exactly twice that builds it, one
+    byte less leaves it out (the candidate maps, far smaller, fit either way)."""
+    table = toy_state.pixels
+    need = table.value.numel() * (36 + 4 * table.labels.shape[1])
+    assert toy_state.maps.numel() * 4 < need  # the candidate cache itself fits
+    cfg = DissectConfig(eta=0.05, batch_size=5, cache_budget_mb=(2 * need + spare) / 2**20)
+    d = dissect(NormalizedModel(ToyNet(), "none"), "layer2", ToyProbe(12), cfg, keep_state=True)
+    assert not d.meta["cache_overflow"] and d.state.maps is not None
+    assert (d.state.pixels is not None) is built

@@ -112,14 +112,27 @@ def test_threaded_dissection_equals_one_process(world, keep_state, monkeypatch):
         assert_same_dissection(one, got, keep_state)
 
 
+class WideNet(ToyNet):
+    """ToyNet on the left 24 of 32 columns: its layer2 maps are 8×6, not square."""
+
+    def forward(self, x):
+        return super().forward(x[..., :24])
+
+
 @pytest.mark.parametrize("keep_state", [True, False])
-def test_a_rank_without_a_batch_takes_part_in_process(keep_state, monkeypatch):
+@pytest.mark.parametrize("net", [ToyNet, WideNet])
+def test_a_rank_without_a_batch_takes_part_in_process(keep_state, net, monkeypatch):
     """6 images in batches of 4 over 3 ranks: rank 2 has no batch and reads the layer's
-    shape from one probe image."""
-    one = dissect(ToyNet(), "layer2", ToyProbe(6), DC, keep_state=keep_state)
-    res = _dissect_ranks(3, monkeypatch, n=6, keep_state=keep_state)
+    shape (units, height, width) from one probe image."""
+    one = dissect(net(), "layer2", ToyProbe(6), DC, keep_state=keep_state)
+    nets = [net() for _ in range(3)]
+    res = run_ranks(3, lambda r: dissect(nets[r], "layer2", ToyProbe(6), DC,
+                                         keep_state=keep_state), monkeypatch)
     for got in res:
+        assert not isinstance(got, BaseException), got
         assert_same_dissection(one, got, keep_state)
+    if net is WideNet and keep_state:
+        assert one.state.maps.shape[1:] == (8, 6)
 
 
 def test_a_dissection_told_not_to_share_ignores_the_group(monkeypatch):

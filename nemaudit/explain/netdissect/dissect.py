@@ -43,6 +43,11 @@ class DissectConfig:
     num_workers: int = 0  # DataLoader workers decoding the probe ahead of the forward pass
 
     @property
+    def cache_budget_bytes(self) -> float:
+        """The candidate cache's budget; the pixel table of a kept state gets half of it."""
+        return self.cache_budget_mb * 2**20
+
+    @property
     def level(self) -> float:
         return reference_level(self.eta) if self.quantile_level is None else self.quantile_level
 
@@ -301,7 +306,7 @@ def dissect(model: torch.nn.Module, layer: str, probe: ProbeDataset,
                           num_workers=config.num_workers, pin_memory=device.type == "cuda")
     quant: TopQuantile | None = None
     label_counts = torch.zeros(n_concepts, dtype=torch.int64, device=device)
-    cache = CandidateCache(config.cache_budget_mb * 2**20, device)
+    cache = CandidateCache(config.cache_budget_bytes, device)
     total = len(probe) if shard is None else len(shard)
     with progress_task(f"dissect {layer}", total, progress) as task:
         for batch, acts in stream_activations(model, layer, loader, device, transform):
@@ -340,7 +345,7 @@ def dissect(model: torch.nn.Module, layer: str, probe: ProbeDataset,
             state = DissectState(quant, cut, maps, units, images, maxes,  # type: ignore[arg-type]
                                  pixel_table(maps, units, images, cut, probe,
                                              config.batch_size, device,
-                                             config.cache_budget_mb * 2**20 / 2))
+                                             config.cache_budget_bytes / 2))
     else:
         if keep_state:
             state = DissectState(quant, quant.lower_bound(), None, None, None, None)  # type: ignore[arg-type]
@@ -425,12 +430,10 @@ def pixel_table(maps: torch.Tensor, units: torch.Tensor, images: torch.Tensor,
     scalars = torch.zeros(p_all, n_scal, dtype=torch.int64, device=device)
     for rows, t in zip(scal_rows, scal):
         scalars[rows] = pad(t, n_scal)
-    if not pairs:
-        empty = torch.empty(0, dtype=torch.int64, device=device)
-        return PixelTable(empty, torch.empty(0, device=device),
-                          torch.empty(0, n_layers, dtype=torch.int32, device=device), scalars,
-                          torch.zeros(p_all + 1, dtype=torch.int64, device=device), empty,
-                          empty, empty)
+    if not pairs:  # no cached pair at all: the same path over no entries
+        pairs = [torch.empty(0, dtype=torch.int64, device=device)]
+        values = [torch.empty(0, device=device)]
+        labels = [torch.empty(0, n_layers, dtype=torch.int32, device=device)]
     pair = torch.cat(pairs)
     value = torch.cat(values)
     pair_key, by_pair = torch.sort(_pair_key(pair, value), stable=True)
@@ -451,10 +454,9 @@ def _empty_quantile(units: int, n_total: int, config: DissectConfig, device: tor
 def _layer_shape(model: torch.nn.Module, layer: str, probe: ProbeDataset,
                  device: torch.device) -> tuple[int, int, int]:
     """(units, h, w) of ``layer`` from one probe image (for a rank without a shard)."""
-    loader = probe_loader(probe, 1, indices=[0])
-    for _, acts in stream_activations(model, layer, loader, device):
-        return int(acts.shape[1]), int(acts.shape[2]), int(acts.shape[3])
-    raise ValueError("the probe has no images")
+    loader = probe_loader(probe, 1, indices=[0])  # refuses an empty probe
+    _, acts = next(iter(stream_activations(model, layer, loader, device)))
+    return int(acts.shape[1]), int(acts.shape[2]), int(acts.shape[3])
 
 
 def _gather_pairs(maps: torch.Tensor, units: torch.Tensor, images: torch.Tensor,
