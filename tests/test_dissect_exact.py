@@ -317,3 +317,17 @@ def test_a_kept_state_s_pixel_table_gets_half_the_cache_budget(toy_state, spare,
     d = dissect(NormalizedModel(ToyNet(), "none"), "layer2", ToyProbe(12), cfg, keep_state=True)
     assert not d.meta["cache_overflow"] and d.state.maps is not None
     assert (d.state.pixels is not None) is built
+
+
+@pytest.mark.parametrize("start, stop, want", [
+    ([2, 5], [3, 5], [2]),  # exactly one position
+    ([0, 4], [2, 7], [0, 1, 4, 5, 6]),
+    ([3, 1], [1, 2], [1]),  # a negative size counts as empty
+    ([4], [4], []),
+    ([], [], []),
+])
+def test_ranges_concatenates_each_start_to_stop(start, stop, want):
+    from nemaudit.explain.netdissect.dissect import _ranges
+
+    got = _ranges(torch.tensor(start, dtype=torch.int64), torch.tensor(stop, dtype=torch.int64))
+    assert got.tolist() == want and got.dtype == torch.int64
