@@ -51,6 +51,7 @@ MODULE_TESTS: dict[str, list[str]] = {
     "nemaudit/audit/netdissect/bootstrap.py": ["tests/test_bootstrap_probe.py",
                                                "tests/test_confidence.py"],
     "nemaudit/audit/radius": ["tests/test_radius_exact.py"],
+    "nemaudit/audit/fields.py": ["tests/test_field_ranges.py"],
     "nemaudit/audit/netdissect/cache.py": ["tests/test_clean_cache_exact.py", "tests/test_audit.py",
                                            "tests/test_nd_run_exact.py"],
     "nemaudit/audit/netdissect/flags.py": ["tests/test_netdissect_result.py", "tests/test_bootstrap_probe.py"],

@@ -1,0 +1,105 @@
+"""Every numeric setting's stated range, edge by edge, through the one validation all front
+doors share (:meth:`AuditRequest.build`): the ends that are allowed pass, one step past each
+end fails with the range in the message. The table is the contract the docs state."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from nemaudit.audit.fields import MAX_UNITS
+from nemaudit.audit.methods import all_methods
+from nemaudit.audit.request import AuditRequest
+from nemaudit.errors import SpecError
+
+#: (method, field, lo, hi, lo_open, hi_open) of every float setting
+FLOATS = [
+    ("netdissect", "eta", 0.0, 1.0, True, True),
+    ("netdissect", "iou_threshold", 0.0, 1.0, False, False),
+    ("milan", "f1_threshold", 0.0, 1.0, False, False),
+    ("milan", "exemplar_eta", 0.0, 1.0, True, True),
+    ("milan", "lam", 0.0, 100.0, False, False),
+    ("radius", "radius_tolerance", 0.0, 1.0, True, False),
+    ("saliency", "spearman_threshold", -1.0, 1.0, False, False),
+    ("fooling", "fool_lr", 0.0, 1.0, True, False),
+    ("fooling", "fool_lambda", 0.0, 1e4, True, False),
+    ("fooling", "max_top1_drop", 0.0, 1.0, False, False),
+    ("fooling", "fsr_low", -1e9, 1e9, False, False),
+    ("fooling", "fsr_high", -1e9, 1e9, False, False),
+]
+
+#: (method, field, lo, hi) of every integer setting
+INTS = [
+    ("netdissect", "max_units", 1, MAX_UNITS),
+    ("netdissect", "repeats", 1, 1000),
+    ("netdissect", "bootstrap", 0, 100_000),
+    ("milan", "exemplars", 1, 100),
+    ("milan", "attack_images", 1, 100),
+    ("milan", "beam_size", 1, 500),
+    ("saliency", "images", 1, 100_000),
+    ("saliency", "aopc_steps", 1, 64),
+    ("fooling", "images", 1, 100_000),
+    ("fooling", "aopc_steps", 1, 64),
+    ("fooling", "fool_epochs", 1, 1000),
+    ("fooling", "fool_batch_size", 1, 4096),
+    ("fooling", "train_images", 2, 1_000_000),
+    ("fooling", "fool_seed", 0, 2**31 - 1),
+]
+
+
+def _refused(method, field, value) -> str:
+    with pytest.raises(SpecError) as e:
+        AuditRequest.build(method, **{field: value})
+    return str(e.value)
+
+
+def test_the_tables_cover_every_numeric_setting():
+    """A new numeric setting must state its range here."""
+    from nemaudit.audit.fields import COMMON
+
+    listed = {(m, f) for m, f, *_ in FLOATS + INTS}
+    for m in all_methods():
+        for name, fld in {**m.fields, **(COMMON if m.name == "netdissect" else {})}.items():
+            qual = getattr(fld.check, "__qualname__", "")
+            if qual.startswith(("check_float", "check_int")):
+                assert (m.name, name) in listed, (m.name, name)
+
+
+@pytest.mark.parametrize("method, field, lo, hi, lo_open, hi_open", FLOATS)
+def test_float_settings_accept_exactly_their_range(method, field, lo, hi, lo_open, hi_open):
+    rng = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    step = (hi - lo) * 1e-6
+    inside = [(lo + hi) / 2, *([] if lo_open else [lo]), *([] if hi_open else [hi])]
+    for v in inside:
+        got = AuditRequest.build(method, **{field: v}).get(field)
+        assert got == v and isinstance(got, float), v
+    if not lo_open:  # an int at the closed end comes back as a float
+        assert isinstance(AuditRequest.build(method, **{field: int(lo)}).get(field), float)
+    outside = [lo - step, hi + step, *([lo] if lo_open else []), *([hi] if hi_open else []),
+               math.nan, math.inf, -math.inf, True, "0.5"]
+    for v in outside:
+        msg = _refused(method, field, v)
+        assert f"{field}= expected a number in {rng}, got {v!r}" in msg, (v, msg)
+
+
+@pytest.mark.parametrize("method, field, lo, hi", INTS)
+def test_int_settings_accept_exactly_their_range(method, field, lo, hi):
+    for v in (lo, hi, (lo + hi) // 2):
+        got = AuditRequest.build(method, **{field: v}).get(field)
+        assert got == v and type(got) is int, v
+    assert f"{field}= expected an integer >= {lo}, got {lo - 1!r}" in _refused(method, field,
+                                                                               lo - 1)
+    assert (f"{field}= expected an integer <= {hi} (the stated maximum), got {hi + 1!r}"
+            in _refused(method, field, hi + 1))
+    for bad in (float(lo), True, str(lo), 1.5):
+        assert f"{field}= expected an integer >= {lo}" in _refused(method, field, bad), bad
+
+
+def test_unit_lists_stop_below_the_stated_maximum():
+    assert AuditRequest.build("netdissect", units=[0, MAX_UNITS - 1]).units == (0, MAX_UNITS - 1)
+    for bad in ([MAX_UNITS], [-1], [], [True], "0,1", [0.0], 3):
+        assert "units= expected a non-empty list of unit indices (integers >= 0)" in \
+            _refused("netdissect", "units", bad), bad
+    assert AuditRequest.build("netdissect", units=(3, 1)).units == (3, 1)
+    assert AuditRequest.build("netdissect", units=range(2)).units == (0, 1)
