@@ -116,7 +116,26 @@ def _page(h: str) -> tuple[list[dict], dict, list[str]]:
                                "git": {"commit": s("commit"), "branch": s("branch"),
                                        "dirty": True},
                                "argv": [s("argvone"), s("argvtwo")]}}
-    return [a, c, m], session, shown
+    # a fooling audit: the interpreters, settings and Network Dissection labels it shows
+    fool = {"method": "fooling", "layer": s("flayer", False),
+            "corruption": {"kind": "fooling"},
+            "metrics": {"fsr": 0.5, "images": 4, "top1": 0.75, "top5": 1.0,
+                        "top1_original": 0.875, "top5_original": 1.0, "nd_units": 8,
+                        "nd_changed": 1, "aopc_random": 0.125,
+                        f"spearman_{h}~finterp": 0.25, f"fsr_{h}~finterp": 0.5},
+            "meta": {"fooling": s("ffooling"), "interpreter": s("finterpreter"),
+                     "interval": [0.0, 0.2], "interpreters": [s("finterp")],
+                     "nd_layer": s("fndlayer")},
+            "rows": [], "pictures": [
+                {"index": 7, "label": s("flabel"), "image": s("fimagepng", False),
+                 "maps": [{"interpreter": s("fmapinterp"), "reference": s("frefwebp", False),
+                           "candidate": s("fcandwebp", False), "spearman": 0.5}]}],
+            "charts": {"fsr": s("fchartpng", False)},
+            "nd_units": [{"unit": 5, "clean_label": s("fndclean"),
+                          "corrupted_label": s("fndfooled"), "clean_iou": 0.25,
+                          "corrupted_iou": 0.0625, "changed": True}]}
+    f = dict(record("f", s("flayerrec")), fooling=fool, audit=None)
+    return [a, c, m, f], session, shown
 
 
 def _outside_code(page: str) -> str:
