@@ -122,7 +122,8 @@ MODULE_TESTS: dict[str, list[str]] = {
         "tests/test_memo_probe.py",
         "tests/test_threaded_group.py",  # merge_across_ranks
     ],
-    "nemaudit/dist.py": ["tests/test_threaded_group.py", "tests/test_distributed.py"],
+    "nemaudit/dist.py": ["tests/test_dist_inprocess.py", "tests/test_threaded_group.py",
+                         "tests/test_distributed.py"],
     "nemaudit/explain/saliency/metrics.py": ["tests/test_fooling.py",
                                              "tests/test_saliency_metrics_exact.py"],
     "nemaudit/explain/saliency/__init__.py": ["tests/test_saliency_interpreters.py"],
