@@ -103,3 +103,59 @@ def test_unit_lists_stop_below_the_stated_maximum():
             _refused("netdissect", "units", bad), bad
     assert AuditRequest.build("netdissect", units=(3, 1)).units == (3, 1)
     assert AuditRequest.build("netdissect", units=range(2)).units == (0, 1)
+
+
+# --------------------------------------------------------------------------- the other kinds
+
+@pytest.mark.parametrize("value, want", [
+    ("gradcam", ("gradcam",)), ("lrp, gradcam,lrp", ("lrp", "gradcam")),
+    (["simplegrad_t", "lrp_t"], ("simplegrad_t", "lrp_t")), (("lrp",), ("lrp",)),
+])
+def test_interpreter_lists(value, want):
+    assert AuditRequest.build("saliency", interpreters=value).get("interpreters") == want
+
+
+@pytest.mark.parametrize("bad", ["", " , ", [], "gradcam,occlusion", ["GradCAM"], 3])
+def test_bad_interpreter_lists(bad):
+    assert ("interpreters= expected a list of interpreters from gradcam, simplegrad, "
+            "simplegrad_t, lrp, lrp_t, got") in _refused("saliency", "interpreters", bad)
+
+
+@pytest.mark.parametrize("field, names", [
+    ("fooling", ("location", "topk", "center", "active")),
+    ("interpreter", ("gradcam", "simplegrad", "simplegrad_t", "lrp", "lrp_t")),
+])
+def test_one_of_settings(field, names):
+    for n in names:
+        assert AuditRequest.build("fooling", **{field: n}).get(field) == n
+    want = " or ".join(f'"{n}"' for n in names)
+    assert f"{field}= expected {want}, got 'frame'" in _refused("fooling", field, "frame")
+
+
+def test_radius_unit_sets():
+    for n in ("detectors", "labelled", "all"):
+        assert AuditRequest.build("radius", radius_units=n).get("radius_units") == n
+    assert ('radius_units= expected "detectors" or "labelled" or "all", got \'some\''
+            in _refused("radius", "radius_units", "some"))
+
+
+@pytest.mark.parametrize("value, want", [
+    ("beach,forest", ("beach", "forest")), (" beach , forest ", ("beach", "forest")),
+    ([3, "forest"], ("3", "forest")), ((0, 1), ("0", "1")),
+])
+def test_active_classes(value, want):
+    assert AuditRequest.build("fooling", active_classes=value).get("active_classes") == want
+
+
+@pytest.mark.parametrize("bad", ["beach", "a,b,c", "beach,", [True, 1], ["a", " "], [1.5, 2],
+                                 {"a": 1, "b": 2}])
+def test_bad_active_classes(bad):
+    assert ('active_classes= expected two class names or indices, e.g. "beach,forest"'
+            in _refused("fooling", "active_classes", bad))
+
+
+def test_dissect_flag_is_a_real_boolean():
+    assert AuditRequest.build("fooling", dissect=False).get("dissect") is False
+    assert AuditRequest.build("fooling", dissect=True).get("dissect") is True
+    for bad in (0, 1, "false", "no"):
+        assert "dissect= expected true or false" in _refused("fooling", "dissect", bad)

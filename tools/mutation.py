@@ -52,6 +52,8 @@ MODULE_TESTS: dict[str, list[str]] = {
                                                "tests/test_confidence.py"],
     "nemaudit/audit/radius": ["tests/test_radius_exact.py"],
     "nemaudit/audit/fields.py": ["tests/test_field_ranges.py"],
+    "nemaudit/audit/saliency/__init__.py": ["tests/test_field_ranges.py",
+                                            "tests/test_saliency_run_exact.py"],
     "nemaudit/audit/netdissect/cache.py": ["tests/test_clean_cache_exact.py", "tests/test_audit.py",
                                            "tests/test_nd_run_exact.py"],
     "nemaudit/audit/netdissect/flags.py": ["tests/test_netdissect_result.py", "tests/test_bootstrap_probe.py"],
