@@ -235,7 +235,48 @@ def prepare(workdir: Path, module: str, tests: list[str], keep: bool) -> None:
     text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     text = re.sub(r"\n\[tool\.mutmut\].*?(?=\n\[|\Z)", "\n", text, flags=re.S)
     (workdir / "pyproject.toml").write_text(text + mutmut_config(module, tests), encoding="utf-8")
+    (workdir / "tests" / "conftest.py").write_text(FIXTURE_HITS, encoding="utf-8")
     # mutmut only looks for changes through git; the copy is not a repository, which it accepts.
+
+
+#: written as the scratch copy's ``tests/conftest.py``. mutmut maps each function to the tests
+#: that ran it, by the calls made between one test's teardown and the next; a function called
+#: in a module-scoped fixture is thus mapped to the first test using it only, and a mutant
+#: of it would never meet the other tests that read the fixture's result. This plugin
+#: credits what a shared fixture's setup called to every test that uses the fixture.
+FIXTURE_HITS = '''
+import pytest
+
+_HITS = {}
+
+
+def _stats():
+    try:
+        from mutmut.state import state
+    except ImportError:
+        return None
+    return state()._stats
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    stats = _stats()
+    before = set(stats) if stats is not None else None
+    yield
+    if stats is not None and fixturedef.scope != "function":
+        _HITS.setdefault(id(fixturedef), set()).update(set(stats) - before)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item, nextitem):
+    stats = _stats()
+    if stats is None:
+        return
+    info = getattr(item, "_fixtureinfo", None)
+    for defs in (info.name2fixturedefs.values() if info else ()):
+        for d in defs:
+            stats.update(_HITS.get(id(d), ()))
+'''
 
 
 def read_results(workdir: Path, module: str) -> dict[str, dict[str, str]]:
@@ -287,6 +328,8 @@ def run_module(module: str, tests: list[str], args: argparse.Namespace) -> dict:
         elif not survivors:
             print(f"{module}: no survivors left in {workdir}")
     prepare(workdir, module, tests, keep=bool(args.survivors and survivors))
+    # the tests may have changed since: map functions to tests afresh
+    (workdir / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
     env.pop("PYTEST_ADDOPTS", None)
