@@ -290,6 +290,7 @@ def fooled(tmp_path_factory):
     req = AuditRequest.build("fooling", interpreter="gradcam", interpreters=("simplegrad",),
                              images=3, save_weights=str(tmp_path_factory.mktemp("w") / "f.pt"),
                              **FOOL)
+    req = req.but(model="toy-model", probe="toy-probe")  # the specs the sidecar records
     r = run_fooling(req, resolved(orig, probe, batch_size=4))
     return r, orig, probe
 
@@ -347,6 +348,12 @@ def test_fooling_meta_settings_and_saved_weights(fooled):
     inner = r.context["fooled"].model.state_dict()
     assert saved.keys() == inner.keys() and all(torch.equal(saved[k], inner[k]) for k in saved)
     assert m["sidecar"].endswith(".json") and m["seconds"] >= 0
+    import json
+
+    side = json.loads(open(m["sidecar"]).read())
+    assert side["provenance"] == {"model": "toy-model", "layer": LAYER, "probe": "toy-probe",
+                                  "metrics": json.loads(json.dumps(r.metrics))}
+    assert side["weights"] == "f.pt" and side["settings"] == m["settings"]
 
 
 def test_fooling_dissects_the_layer_before_and_after(fooled):
@@ -406,3 +413,30 @@ def test_fooling_errors_say_what_is_wrong(values, extra, message):
     with pytest.raises(SpecError) as e:
         run_fooling(req, resolved(net(0), ToyProbe(8), **extra))
     assert message in str(e.value)
+
+
+def test_active_fooling_reads_class_names_from_the_model():
+    """The model names its classes (``meta["class_names"]``): active fooling takes them by
+    name, the probe's labels stay indices."""
+    orig, probe = net(0), ToyProbe(8)
+    orig.meta = {"class_names": ["box", "disc"]}
+    req = AuditRequest.build("fooling", fooling="active", active_classes=("disc", "box"),
+                             train_probe="train", interpreters=("gradcam",), dissect=False,
+                             **FOOL)
+    r = run_fooling(req, resolved(orig, probe, probes={"train": ToyProbe(16, seed=2)}))
+    assert r.meta["classes"] == [1, 0]
+    plain = net(0)
+    with pytest.raises(SpecError):
+        run_fooling(req, resolved(plain, probe, probes={"train": ToyProbe(16, seed=2)}))
+
+
+def test_the_saliency_threshold_is_strict():
+    """An image whose ρ equals the threshold has not changed (ρ < threshold changes)."""
+    m, probe = net(0), ToyProbe(4)
+    req = AuditRequest.build("saliency", reference="m", interpreters=("gradcam",),
+                             spearman_threshold=1.0, aopc_steps=1)
+    r = run_saliency(req, resolved(m, probe, models={"m": m}))
+    assert [row["spearman"]["gradcam"] for row in r.rows] == [1.0] * 4  # exactly
+    assert [row["changed"] for row in r.rows] == [False] * 4
+    assert r.metrics["changed_rate_gradcam"] == 0.0
+    assert r.indicators("changed_rate_gradcam") == [(False, True)] * 4
