@@ -130,6 +130,7 @@ MODULE_TESTS: dict[str, list[str]] = {
     "nemaudit/explain/saliency/metrics.py": ["tests/test_fooling.py",
                                              "tests/test_saliency_metrics_exact.py"],
     "nemaudit/explain/saliency/__init__.py": ["tests/test_saliency_interpreters.py"],
+    "nemaudit/explain/saliency/lrp.py": ["tests/test_saliency_interpreters.py"],
     "nemaudit/corrupt/manipulate/losses.py": ["tests/test_fooling.py",
                                               "tests/test_saliency_metrics_exact.py"],
     # the fast value-by-value tests only: test_saliency_audit.py and test_fooling.py train the
