@@ -201,6 +201,14 @@ def test_every_audit_path_bootstraps_from_pairs_that_add_up(toy, spec, kw, mode)
     r = audit(model, "layer2", probe, spec, AuditConfig(dissect=CFG, bootstrap=60, **kw),
               units=units)
     assert r.meta["mode"] == mode and "skipped" not in r.meta["bootstrap"]
+    summary = r.meta["bootstrap"]
+    assert set(summary) == {"resamples", "seed", "covers", "conditional_on", "tally_mib",
+                            "seconds"}
+    assert (summary["resamples"], summary["seed"], summary["covers"],
+            summary["conditional_on"]) == (60, 0, "units+probe", "thresholds")
+    assert 0 < summary["tally_mib"] < 1 and round(summary["tally_mib"], 3) == \
+        summary["tally_mib"]
+    assert 0 <= summary["seconds"] < 600
     assert r.rows == plain.rows and r.metrics == plain.metrics
     if kw.get("slack") == 1.0:
         assert r.corrupted.meta.get("recomputed_in_full")
@@ -220,7 +228,24 @@ def test_a_tally_over_budget_skips_the_bootstrap_with_a_warning(toy):
         r = audit(model, "layer2", probe, "gaussian:std=0.2,fraction=1.0",
                   AuditConfig(dissect=CFG, bootstrap=20, bootstrap_budget_mb=1e-4))
     assert "MiB" in r.meta["bootstrap"]["skipped"] and r.probe_bootstrap is None
+    assert set(r.meta["bootstrap"]) == {"resamples", "seed", "skipped"}
+    assert r.meta["bootstrap"]["resamples"] == 20
     assert r.interval("flip_rate").covers == "units"
+
+
+def test_an_overflowing_candidate_cache_skips_the_bootstrap_and_says_which_budget(toy):
+    from nemaudit.errors import NemauditWarning
+
+    model, probe = toy
+    cfg = DissectConfig(eta=CFG.eta, batch_size=CFG.batch_size, cache_budget_mb=1e-6)
+    with pytest.warns(NemauditWarning) as warned:
+        r = audit(model, "layer2", probe, "gaussian:std=0.2,fraction=0.3",
+                  AuditConfig(dissect=cfg, bootstrap=20))
+    why = ("no per-image pairs to resample: a candidate cache exceeded its budget "
+           "(cache_budget_mb=1e-06); raise it for a probe bootstrap")
+    assert r.meta["bootstrap"] == {"resamples": 20, "seed": 0, "skipped": why}
+    assert [str(w.message) for w in warned] == [
+        f"nemaudit: no probe bootstrap ({why}); rate intervals cover units only"]
 
 
 def test_auditor_bootstrap_on_the_embedded_default():
