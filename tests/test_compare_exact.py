@@ -36,6 +36,7 @@ def rec(nodeid="t.py::p", name="p", outcome="passed", measured=0.25, **payloads)
     ("a.b:+3.", "a.b", 3.0),
     ("rate:-10%", "rate", -0.1),
     ("rate:+0", "rate", 0.0),
+    ("Top1_Drop:+1%", "Top1_Drop", 0.01),
 ])
 def test_gates_parse(text, metric, allowance):
     g = Gate.parse(text)
@@ -88,12 +89,12 @@ def test_properties_in_one_run_only_are_listed_not_compared():
     ({"audit": {"metrics": {"flip_rate": 0.25}}, "interval": [0, 1]}, False),
 ])
 def test_a_property_changed_when_its_verdict_value_metrics_or_units_did(change, changed):
-    a = rec(audit={"metrics": {"flip_rate": 0.25}})
+    a = rec(audit={"metrics": {"flip_rate": 0.25}}, interval={"lo": 0.125})
     (d,), _, _ = compare_records([a], [{**a, **change}])
     assert d.changed is changed
     assert d.outcome == ("passed", change.get("outcome", "passed"))
     assert d.measured == (0.25, change.get("measured", 0.25))
-    assert d.intervals == (None, change.get("interval"))
+    assert d.intervals == ({"lo": 0.125}, change.get("interval", {"lo": 0.125}))
 
 
 def test_metrics_of_every_method_carry_its_prefix_and_only_numbers_count():
@@ -111,15 +112,18 @@ def test_unit_changes_of_dissection_and_milan_rows():
             {"unit": 1, "clean_label": "sky", "changed": True},
             {"unit": 2, "clean_label": "tree", "changed": True},
             {"unit": 3, "clean_label": "dog", "changed": False}]
-    nd_b = [{"unit": 0, "clean_label": "car", "changed": False},   # same
+    nd_b = [{"unit": 9, "clean_label": "new", "changed": True},    # not in the old run
+            {"unit": 0, "clean_label": "car", "changed": False},   # same
             {"unit": 1, "clean_label": "sky", "changed": False},   # no longer changes
             {"unit": 2, "clean_label": "grass", "changed": True},  # another clean concept
-            {"unit": 3, "clean_label": "dog", "changed": True},    # now changes
-            {"unit": 9, "clean_label": "new", "changed": True}]    # not in the old run
+            {"unit": 3, "clean_label": "dog", "changed": True}]    # now changes
     mi_a = [{"unit": 5, "clean": "red things", "manipulated": False}]
     mi_b = [{"unit": 5, "clean": "red things", "manipulated": True}]
     a = rec(audit={"units": nd_a}, milan={"units": mi_a})
     b = rec(audit={"units": nd_b}, milan={"units": mi_b}, radius={"units": nd_b})
+    # a method only the new run has is skipped, and the next one still compared
+    (d,), _, _ = compare_records([rec(milan={"units": mi_a})], [b])
+    assert [(u["method"], u["unit"]) for u in d.units] == [("milan", 5)]
     (d,), _, _ = compare_records([a], [b])
     assert d.units == [
         {"method": "netdissect", "unit": 3, "clean": ["dog", "dog"], "changed": [False, True]},
@@ -132,8 +136,8 @@ def test_unit_changes_of_dissection_and_milan_rows():
 
 
 def test_units_sort_by_their_name_within_a_kind_of_change():
-    rows_a = [{"unit": u, "clean_label": "a", "changed": False} for u in (10, 2)]
-    rows_b = [{"unit": u, "clean_label": "a", "changed": True} for u in (10, 2)]
+    rows_a = [{"unit": u, "clean_label": "a", "changed": False} for u in (2, 10)]
+    rows_b = [{"unit": u, "clean_label": "a", "changed": True} for u in (2, 10)]
     (d,), _, _ = compare_records([rec(audit={"units": rows_a})], [rec(audit={"units": rows_b})])
     assert [u["unit"] for u in d.units] == [10, 2]  # "10" < "2" as text: a stable, simple key
 
@@ -141,12 +145,19 @@ def test_units_sort_by_their_name_within_a_kind_of_change():
 def test_regressions_name_the_property_the_values_and_the_allowance():
     d = RecordDiff("n", "prop", ("passed", "failed"), (0.1, 0.2),
                    {"flip_rate": (0.125, 0.5), "only_new": (None, 1.0), "only_old": (1.0, None)})
-    gates = [Gate.parse("flip_rate:+10%"), Gate.parse("flip_rate:-0.1"),
-             Gate.parse("only_new:+0"), Gate.parse("only_old:+0"), Gate.parse("absent:+0")]
+    gates = [Gate.parse("only_new:+0"), Gate.parse("absent:+0"), Gate.parse("flip_rate:+10%"),
+             Gate.parse("flip_rate:-0.1"), Gate.parse("only_old:+0")]
     assert regressions([d], gates) == ["prop: flip_rate 0.125 → 0.5 (+0.375, allowed +10%)"]
     fall = RecordDiff("n", "prop", ("passed", "passed"), (0, 0), {"f1": (0.9, 0.5)})
     assert regressions([fall], [Gate.parse("f1 : -0.1")]) == [
         "prop: f1 0.9 → 0.5 (-0.4, allowed -0.1)"]
+
+
+def test_diff_json_writes_what_json_cannot_hold_as_text():
+    from pathlib import Path
+
+    d = RecordDiff("n", "p", ("passed", "passed"), (0, 0), units=[{"unit": Path("u7")}])
+    assert diff_json([d])[0]["units"] == [{"unit": "u7"}]
 
 
 def test_diff_json_is_plain_json():
@@ -167,6 +178,7 @@ def _write(path, records, **doc):
 
 def test_a_runs_folder_means_its_newest_report(tmp_path):
     old = _write(tmp_path / "20260101-000000-aaaa.json", [rec("t::old")])
+    _write(tmp_path / "20260101-120000-cccc.json", [rec("t::middle")])
     new = _write(tmp_path / "20260102-000000-bbbb.json", [rec("t::new")])
     os.utime(old, (2e9, 2e9))  # by name, not by modification time
     assert run_path(tmp_path) == new
