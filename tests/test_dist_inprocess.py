@@ -204,3 +204,57 @@ def test_without_a_store_nothing_is_posted_or_read(monkeypatch):
     assert dist._store() is None
     dist.report_failure(ValueError("x"))  # no group, no store: silently nothing
     assert dist.peer_errors(dist.Group(0, 2, "gloo", 1.0)) == {}
+
+
+def test_batches_of_one_are_allowed_and_of_none_refused():
+    assert dist.shard_batches(5, 1, 1, 2) == [1, 3]
+    with pytest.raises(ValueError, match=r"^batch_size must be >= 1, got 0$"):
+        dist.shard_batches(5, 0, 0, 2)
+
+
+def test_a_timeout_under_a_second_is_allowed(monkeypatch):
+    monkeypatch.setenv("NEMAUDIT_DIST_TIMEOUT", "0.5")
+    assert dist.timeout_from_env() == 0.5
+
+
+def test_every_failing_rank_is_quoted(monkeypatch):
+    def job(rank):
+        if rank:
+            raise ValueError(f"problem {rank}")
+        return dist.all_sum(torch.zeros(1), "summing")
+
+    res = run_ranks(3, job, monkeypatch)
+    assert str(res[0]) == ("rank 0/3: summing failed — rank 1 failed: ValueError: problem 1; "
+                           "rank 2 failed: ValueError: problem 2")
+
+
+@pytest.mark.parametrize("backend, called", [("gloo", "monitored"), ("nccl", "plain")])
+def test_the_barrier_is_monitored_on_gloo(backend, called, monkeypatch):
+    seen = []
+    monkeypatch.setattr(tdist, "is_initialized", lambda: True)
+    monkeypatch.setattr(tdist, "get_world_size", lambda *a: 2)
+    monkeypatch.setattr(tdist, "get_rank", lambda *a: 0)
+    monkeypatch.setattr(tdist, "get_backend", lambda *a: backend)
+    monkeypatch.setattr(tdist, "monitored_barrier",
+                        lambda timeout=None: seen.append(("monitored", timeout)))
+    monkeypatch.setattr(tdist, "barrier", lambda: seen.append(("plain", None)))
+    monkeypatch.setenv("NEMAUDIT_DIST_TIMEOUT", "9")
+    dist.barrier()
+    want = datetime.timedelta(seconds=9) if called == "monitored" else None
+    assert seen == [(called, want)]
+
+
+def test_communication_time_adds_up(monkeypatch):
+    import time
+
+    monkeypatch.setattr(dist, "COMM_SECONDS", [0.0])
+
+    def job(rank):
+        for i in range(4):
+            dist.all_sum(torch.zeros(1))
+            if rank == 0 and i < 2:
+                time.sleep(0.2)  # rank 1 waits for rank 0 in collectives 1 and 2, not 3
+        return dist.COMM_SECONDS[0]
+
+    run_ranks(2, job, monkeypatch)
+    assert dist.COMM_SECONDS[0] >= 0.35  # the waits summed, not the last collective's
