@@ -188,12 +188,6 @@ def test_no_unit_to_search_is_an_error(search):
         search({0: 0.1}, [0], [0.0])
 
 
-def test_a_corruption_object_cannot_be_searched():
-    req = AuditRequest.build("radius")
-    with pytest.raises(SpecError, match="as a spec string"):
-        run_request(req, Resolved(None, None, "l", object(), "cpu"))
-
-
 def test_spec_at_replaces_only_the_budget():
     assert spec_at("gaussian:std=0.5,fraction=0.25,seed=3", "std", 0.125) == \
         "gaussian:std=0.125,fraction=0.25,seed=3"
@@ -324,3 +318,107 @@ def test_the_search_takes_a_parsed_expectation_too():
     b = breaking.smallest_breaking_budget(PropertyAuditor(lambda s: float(s >= 0.25)), req(),
                                           parse_expectation("flip_rate <= 0.5"), tolerance=0.25)
     assert b.bracket == (0.0, 0.25) and b.evaluations == 3
+
+
+# --------------------------------------------------------------------------- views, messages
+
+def test_a_bracket_exactly_the_tolerance_wide_is_done(search):
+    """Top 0.5, tolerance 0.125: audits at 0.5, 0.25 and 0.375 leave [0.25, 0.375], exactly
+    the tolerance wide: no fourth audit."""
+    r, oracle = search({0: 0.3}, [1], [0.5], radius_tolerance=0.125)
+    assert [b for b, _ in oracle.calls] == [0.5, 0.25, 0.375]
+    assert r.rows[0]["bracket"] == [0.25, 0.375] and r.metrics["evaluations"] == 3
+
+
+def test_the_result_names_the_layer_the_corruption_and_what_censoring_means(search):
+    from nemaudit.corrupt.spec import parse_corruption
+
+    r, _ = search({0: 0.3}, [1], [0.5], radius_tolerance=0.125)
+    assert r.layer == "layer4"
+    assert r.corruption == parse_corruption("gaussian:std=0.5").describe()
+    assert r.meta["note"] == ("a censored unit did not change within the range: its radius is "
+                              "reported as the largest budget (a lower bound)")
+
+
+def test_with_a_zero_iou_threshold_detectors_still_need_a_concept(search, monkeypatch):
+    monkeypatch.setattr(ndrun, "clean_dissection",
+                        lambda req, res: clean([0, 1], [0.0, 0.0], iou_threshold=0.0))
+    oracle = Oracle({0: 0.1, 1: 0.1})
+    monkeypatch.setattr(ndrun, "audit", oracle)
+    req = AuditRequest.build("radius", corruption="gaussian:std=0.5", radius_tolerance=0.25)
+    r = run_request(req, Resolved(None, None, "layer4", "gaussian:std=0.5", "cpu"))
+    assert [row["unit"] for row in r.rows] == [1]
+
+
+def test_radius_result_views():
+    from nemaudit.audit.radius.run import RadiusResult
+
+    rows = [{"unit": 3, "clean_label": "sky", "budget": "std", "radius": 0.125,
+             "bracket": [0.0625, 0.125], "broken": True},
+            {"unit": 12, "clean_label": None, "budget": "eps", "radius": 0.5,
+             "bracket": [0.5, 0.5], "broken": False}]
+    r = RadiusResult("l", {}, rows, {}, {})
+    assert r.diff_line(rows[0]) == "unit    3: sky changes at std 0.125 (bracket [0.0625, 0.125])"
+    assert r.diff_line(rows[1]) == "unit   12: — changes at eps 0.5 (bracket [0.5, 0.5])"
+    assert [r.diff_order(x) for x in rows] == [0.125, 0.5]
+    assert r.indicators("broken_rate") == [(True, True), (False, True)]
+    assert r.indicators("median") is None
+
+
+def test_the_radius_method_summarises_and_dispatches(monkeypatch):
+    from nemaudit.audit.methods import get_method
+    from nemaudit.audit.radius import run as radius_run
+
+    m = get_method("radius")
+    assert m.change_summary({"units": 8, "max_budget": 0.5, "median": 0.25,
+                             "broken_rate": 0.375}) == (
+        "8 units searched up to 0.5: median radius 0.25, 38% broken within the range")
+    assert m.change_summary({}) == ("0 units searched up to None: median radius None, 0% "
+                                    "broken within the range")
+    seen = []
+    monkeypatch.setattr(radius_run, "run_request", lambda req, res: seen.append((req, res)) or 7)
+    assert m.run("REQ", "RES") == 7 and seen == [("REQ", "RES")]
+
+
+def test_a_breaking_budget_s_json():
+    b = breaking.BreakingBudget("flip_rate <= 0.1", "layer4", "gaussian", "std", 0.5, 0.01,
+                                (0.125, 0.25), True, 3, 1.23456, [{"budget": 0.5}])
+    assert b.to_json() == {"schema": "nemaudit.breaking/1", "expectation": "flip_rate <= 0.1",
+                           "layer": "layer4", "kind": "gaussian", "budget_key": "std",
+                           "max_budget": 0.5, "tolerance": 0.01, "broken": True,
+                           "budget": 0.25, "bracket": [0.125, 0.25], "evaluations": 3,
+                           "seconds": 1.235, "trail": [{"budget": 0.5}]}
+
+
+def test_breaking_search_messages_in_full():
+    a = PropertyAuditor(lambda s: 0.0)
+    with pytest.raises(SpecError) as e:
+        breaking.smallest_breaking_budget(a, req(), "unchanged_since_baseline")
+    assert str(e.value) == ("'unchanged_since_baseline' compares clean explanations with a "
+                            "baseline; a corruption budget cannot break it")
+    r = AuditRequest.build("radius", corruption="gaussian:std=0.5")
+    with pytest.raises(SpecError) as e:
+        breaking.smallest_breaking_budget(a, r, "radius.median >= 0.1")
+    assert str(e.value) == ("a radius audit sets its corruption budget itself; search the "
+                            "breaking budget of a property of another method")
+    obj = type("A", (PropertyAuditor,), {"seeded": lambda self, spec: object()})(lambda s: 0.0)
+    with pytest.raises(SpecError) as e:
+        breaking.smallest_breaking_budget(obj, req(), "flip_rate <= 0.1")
+    assert str(e.value) == ("a breaking-budget search needs the corruption as a spec string "
+                            "(its budget is varied), e.g. 'gaussian:std=0.2'")
+    with pytest.raises(SpecError) as e:
+        breaking.smallest_breaking_budget(a, req().but(corruption="gaussian:fraction=0.5"),
+                                          "flip_rate <= 0.1")
+    assert str(e.value) == ("corruption 'gaussian:fraction=0.5': a breaking-budget search "
+                            "needs the largest budget to search in the spec (std=...), e.g. "
+                            "gaussian:std=0.2")
+    b = breaking.smallest_breaking_budget(PropertyAuditor(lambda s: float(s >= 0.25)), req(),
+                                          "flip_rate <= 0.5", tolerance=0.25)
+    assert 0 <= b.seconds < 60
+
+
+def test_a_radius_search_of_a_corruption_object_says_so():
+    with pytest.raises(SpecError) as e:
+        run_request(AuditRequest.build("radius"), Resolved(None, None, "l", object(), "cpu"))
+    assert str(e.value) == ("a radius search needs the corruption as a spec string (its budget "
+                            "is varied), e.g. 'gaussian:std=0.1'")
