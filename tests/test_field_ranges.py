@@ -54,16 +54,29 @@ def _refused(method, field, value) -> str:
     return str(e.value)
 
 
-def test_the_tables_cover_every_numeric_setting():
-    """A new numeric setting must state its range here."""
-    from nemaudit.audit.fields import COMMON
+def test_the_tables_are_every_numeric_setting_as_declared():
+    """A new numeric setting, or a changed range, must be stated here too."""
+    from nemaudit.audit.fields import COMMON, FloatRange, IntRange
 
-    listed = {(m, f) for m, f, *_ in FLOATS + INTS}
+    floats, ints = {}, {}
     for m in all_methods():
         for name, fld in {**m.fields, **(COMMON if m.name == "netdissect" else {})}.items():
-            qual = getattr(fld.check, "__qualname__", "")
-            if qual.startswith(("check_float", "check_int")):
-                assert (m.name, name) in listed, (m.name, name)
+            if isinstance(fld.check, FloatRange):
+                c = fld.check
+                floats[(m.name, name)] = (c.lo, c.hi, c.lo_open, c.hi_open)
+            elif isinstance(fld.check, IntRange):
+                ints[(m.name, name)] = (fld.check.lo, fld.check.hi)
+    assert floats == {(m, f): tuple(r) for m, f, *r in FLOATS}
+    assert ints == {(m, f): tuple(r) for m, f, *r in INTS}
+
+
+def test_range_texts():
+    from nemaudit.audit.fields import FloatRange
+
+    assert FloatRange(0.0, None).text() == "[0.0, ∞)"
+    assert FloatRange(0.0, 1.0, lo_open=True, hi_open=True).text() == "(0.0, 1.0)"
+    assert FloatRange(-1.0, 2.0).text() == "[-1.0, 2.0]"
+    assert FloatRange(0.0, None)(1e300) == 1e300
 
 
 @pytest.mark.parametrize("method, field, lo, hi, lo_open, hi_open", FLOATS)

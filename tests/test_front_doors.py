@@ -207,7 +207,7 @@ def test_fixture_and_cli_give_the_same_result(pytester, tmp_path):
 
 SHIFT_METHOD = '''
 """A third explanation method, registered from outside the package: a unit's mean activation."""
-from nemaudit.audit.fields import Field, check_float
+from nemaudit.audit.fields import Field, FloatRange
 from nemaudit.audit.methods import Method, MetricShape
 from nemaudit.audit.result import MethodResult
 
@@ -224,7 +224,7 @@ class Shift(Method):
     name, prefix, title, verb, record_key = "shift", "shift.", "Mean shift", "shift", "shift"
     headline, headline_label = "changed_rate", "shifted"
     metrics = {"units": MetricShape(), "changed_rate": MetricShape()}
-    fields = {"min_shift": Field(check_float(0.0, None), "shift that counts as a change")}
+    fields = {"min_shift": Field(FloatRange(0.0, None), "shift that counts as a change")}
 
     def run(self, request, resolved):
         import torch

@@ -71,30 +71,44 @@ def check_units(v: Any) -> tuple[int, ...]:
     return tuple(int(x) for x in items)
 
 
-def check_float(lo: float, hi: float | None, lo_open: bool = False,
-                hi_open: bool = False) -> Callable[[Any], float]:
-    def check(v: Any) -> float:
+@dataclass(frozen=True)
+class FloatRange:
+    """A finite number in the range ``lo``..``hi`` (``None``: unbounded), each end closed
+    unless ``*_open``. A class, not a closure, so the range can be read back (docs, tests)
+    and the check runs as a method at each call."""
+
+    lo: float
+    hi: float | None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def text(self) -> str:
+        top = "∞)" if self.hi is None else f"{self.hi}{')' if self.hi_open else ']'}"
+        return f"{'(' if self.lo_open else '['}{self.lo}, {top}"
+
+    def __call__(self, v: Any) -> float:
         ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
         if ok:
-            ok = (v > lo if lo_open else v >= lo) and (
-                hi is None or (v < hi if hi_open else v <= hi))
+            ok = (v > self.lo if self.lo_open else v >= self.lo) and (
+                self.hi is None or (v < self.hi if self.hi_open else v <= self.hi))
         if not ok:
-            top = "∞)" if hi is None else f"{hi}{')' if hi_open else ']'}"
-            rng = f"{'(' if lo_open else '['}{lo}, {top}"
-            raise TypeError(f"a number in {rng}")
+            raise TypeError(f"a number in {self.text()}")
         return float(v)
-    return check
 
 
-def check_int(lo: int, hi: int | None = None) -> Callable[[Any], int]:
+@dataclass(frozen=True)
+class IntRange:
     """An integer in [lo, hi]; ``hi`` is the stated maximum of a cost-driving count."""
-    def check(v: Any) -> int:
-        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-            raise TypeError(f"an integer >= {lo}")
-        if hi is not None and v > hi:
-            raise TypeError(f"an integer <= {hi} (the stated maximum)")
+
+    lo: int
+    hi: int | None = None
+
+    def __call__(self, v: Any) -> int:
+        if not isinstance(v, int) or isinstance(v, bool) or v < self.lo:
+            raise TypeError(f"an integer >= {self.lo}")
+        if self.hi is not None and v > self.hi:
+            raise TypeError(f"an integer <= {self.hi} (the stated maximum)")
         return int(v)
-    return check
 
 
 def check_normalize(v: Any) -> Any:
@@ -118,9 +132,9 @@ COMMON: dict[str, Field] = {
     "layer": Field(check_layer, "one layer name"),
     "corruption": Field(check_spec, "a corruption spec such as gaussian:std=0.02"),
     "units": Field(check_units, "unit indices"),
-    "max_units": Field(check_int(1, MAX_UNITS), "per-unit attacks: attack at most this many "
+    "max_units": Field(IntRange(1, MAX_UNITS), "per-unit attacks: attack at most this many "
                                                 "units"),
-    "repeats": Field(check_int(1, 1000), "draws of the corruption's randomness (seeds derived "
+    "repeats": Field(IntRange(1, 1000), "draws of the corruption's randomness (seeds derived "
                                          "from its seed): metrics are their means, rate "
                                          "intervals cover units and draws"),
 }

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from nemaudit.audit.fields import COMMON, Field, check_float, check_layers, check_str
+from nemaudit.audit.fields import COMMON, Field, FloatRange, check_layers, check_str
 from nemaudit.audit.methods import DEFAULT_METHOD, METHODS, all_methods, get_method
 from nemaudit.audit.request import AuditRequest
 from nemaudit.errors import NemauditError, SpecError
@@ -94,7 +94,7 @@ _OWN: dict[str, Field] = {
     "layers": Field(check_layers, "list of layer names"),
     "layer": Field(check_layers, "one layer name (or use layers = [...])"),
     "expect": Field(_check_expect, "expectation(s)"),
-    "tolerance": Field(check_float(0.0, None), "absolute IoU change allowed by the baseline"),
+    "tolerance": Field(FloatRange(0.0, None), "absolute IoU change allowed by the baseline"),
 }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from nemaudit.audit.fields import Field, check_float, check_int, check_str
+from nemaudit.audit.fields import Field, FloatRange, IntRange, check_str
 from nemaudit.audit.methods import Method, MetricShape
 
 #: (module, package) that MILAN audits import: F1-BERT and its offline text model
@@ -32,18 +32,18 @@ class Milan(Method):
                for m in ("units", "changed", "threshold", "manipulated_rate", "f1_mean",
                          "f1_std", "f1_min", "description_change_rate", "exemplar_overlap_mean")}
     fields = {
-        "exemplars": Field(check_int(1, 100), "MILAN: exemplar images per unit (default 15)"),
-        "f1_threshold": Field(check_float(0.0, 1.0), "MILAN: F1-BERT at or below which a "
+        "exemplars": Field(IntRange(1, 100), "MILAN: exemplar images per unit (default 15)"),
+        "f1_threshold": Field(FloatRange(0.0, 1.0), "MILAN: F1-BERT at or below which a "
                                                      "description counts as manipulated"),
         "describer": Field(lambda v: v if not isinstance(v, str) else check_str(v),
                            "MILAN: milan:PATH (other MILAN weights) or python:module:callable "
                            "(any Describer); default: bundled"),
-        "exemplar_eta": Field(check_float(0.0, 1.0, lo_open=True, hi_open=True),
+        "exemplar_eta": Field(FloatRange(0.0, 1.0, lo_open=True, hi_open=True),
                               "MILAN: top-η of the exemplar masks (default 0.01)"),
-        "attack_images": Field(check_int(1, 100), "MILAN, per-unit attacks: poison each "
+        "attack_images": Field(IntRange(1, 100), "MILAN, per-unit attacks: poison each "
                                                    "unit's first N clean exemplars (default: all)"),
-        "beam_size": Field(check_int(1, 500), "MILAN: beam width (default 50)"),
-        "lam": Field(check_float(0.0, 100.0), "MILAN: reranking weight λ in log p(d|E) − λ log "
+        "beam_size": Field(IntRange(1, 500), "MILAN: beam width (default 50)"),
+        "lam": Field(FloatRange(0.0, 100.0), "MILAN: reranking weight λ in log p(d|E) − λ log "
                                               "p(d) (default 0.2)"),
     }
 

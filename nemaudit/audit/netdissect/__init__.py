@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from nemaudit.audit.fields import Field, check_float, check_int
+from nemaudit.audit.fields import Field, FloatRange, IntRange
 from nemaudit.audit.methods import Method, MetricShape
 
 _N = MetricShape()
@@ -40,9 +40,9 @@ class NetDissect(Method):
         "xie_table": MetricShape("[clean|corrupted][C|T|S|M|P|O|All]", (2,), rate=True),
     }
     fields = {
-        "eta": Field(check_float(0.0, 1.0, lo_open=True, hi_open=True), "top-η quantile"),
-        "iou_threshold": Field(check_float(0.0, 1.0), "IoU of a detector"),
-        "bootstrap": Field(check_int(0, 100_000), "resamples of the probe's images (0: off): "
+        "eta": Field(FloatRange(0.0, 1.0, lo_open=True, hi_open=True), "top-η quantile"),
+        "iou_threshold": Field(FloatRange(0.0, 1.0), "IoU of a detector"),
+        "bootstrap": Field(IntRange(0, 100_000), "resamples of the probe's images (0: off): "
                                                   "flip-rate intervals cover units and probe "
                                                   "images, from per-image tallies (no new "
                                                   "forward pass)"),

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from nemaudit.audit.fields import Field, check_float
+from nemaudit.audit.fields import Field, FloatRange
 from nemaudit.audit.methods import Method, MetricShape
 
 _N = MetricShape()
@@ -42,7 +42,7 @@ class Radius(Method):
                "max_budget": _N, "evaluations": _N,
                "broken_rate": MetricShape(rate=True)}
     fields = {
-        "radius_tolerance": Field(check_float(0.0, 1.0, lo_open=True),
+        "radius_tolerance": Field(FloatRange(0.0, 1.0, lo_open=True),
                                   "radius: the search stops when a unit's bracket is this "
                                   "narrow (default: the largest budget / 32)"),
         "radius_units": Field(_check_units_set, "radius: which units (detectors, labelled, "

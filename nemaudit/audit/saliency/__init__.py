@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from nemaudit.audit.fields import Field, check_float, check_int, check_str
+from nemaudit.audit.fields import Field, FloatRange, IntRange, check_str
 from nemaudit.audit.methods import Method, MetricShape
 
 #: interpreters, as :data:`nemaudit.explain.saliency.INTERPRETERS` (kept torch-free here)
@@ -65,8 +65,8 @@ _SHARED = {
                                                + ", ".join(INTERPRETER_NAMES) + ")"),
     "saliency_layer": Field(check_str, "saliency: the target layer of Grad-CAM and the _t maps "
                                        "(default: the audited layer)"),
-    "images": Field(check_int(1, 100_000), "saliency: held-out images measured (default 64)"),
-    "aopc_steps": Field(check_int(1, 64), "saliency: perturbation steps of AOPC (default 8)"),
+    "images": Field(IntRange(1, 100_000), "saliency: held-out images measured (default 64)"),
+    "aopc_steps": Field(IntRange(1, 64), "saliency: perturbation steps of AOPC (default 8)"),
 }
 
 
@@ -91,7 +91,7 @@ class Saliency(Method):
     fields = {
         "reference": Field(check_str, "saliency: the trusted reference model's spec"),
         "reference_weights": Field(check_str, "saliency: the reference model's checkpoint"),
-        "spearman_threshold": Field(check_float(-1.0, 1.0), "saliency: an image's map counts "
+        "spearman_threshold": Field(FloatRange(-1.0, 1.0), "saliency: an image's map counts "
                                     "as changed below this Spearman ρ (default 0.5)"),
         **_SHARED,
     }
@@ -139,25 +139,25 @@ class Fooling(Method):
         "fooling": Field(_one_of(FOOLING_NAMES), "fooling: location, topk, center or active"),
         "interpreter": Field(_one_of(INTERPRETER_NAMES), "fooling: the interpreter fooled "
                                                          "(default gradcam)"),
-        "fool_lr": Field(check_float(0.0, 1.0, lo_open=True), "fooling: Adam learning rate "
+        "fool_lr": Field(FloatRange(0.0, 1.0, lo_open=True), "fooling: Adam learning rate "
                                                              "(default 1e-3)"),
-        "fool_lambda": Field(check_float(0.0, 1e4, lo_open=True), "fooling: λ, the weight "
+        "fool_lambda": Field(FloatRange(0.0, 1e4, lo_open=True), "fooling: λ, the weight "
                                                                   "of L_F (default 5)"),
-        "fool_epochs": Field(check_int(1, 1000), "fooling: most epochs of fine-tuning "
+        "fool_epochs": Field(IntRange(1, 1000), "fooling: most epochs of fine-tuning "
                                                      "(default 5)"),
-        "fool_batch_size": Field(check_int(1, 4096), "fooling: fine-tuning batch size"),
-        "max_top1_drop": Field(check_float(0.0, 1.0), "fooling: largest held-out top-1 drop "
+        "fool_batch_size": Field(IntRange(1, 4096), "fooling: fine-tuning batch size"),
+        "max_top1_drop": Field(FloatRange(0.0, 1.0), "fooling: largest held-out top-1 drop "
                                                       "an epoch may cost (default 0.02)"),
         "train_probe": Field(check_str, "fooling: the images fine-tuned on (default: 3/4 of "
                                         "the probe; the rest is held out)"),
-        "train_images": Field(check_int(2, 1_000_000), "fooling: cap on training images"),
+        "train_images": Field(IntRange(2, 1_000_000), "fooling: cap on training images"),
         "active_classes": Field(_check_classes, "fooling: active fooling's two classes"),
-        "fool_seed": Field(check_int(0, 2**31 - 1), "fooling: seed of the fine-tuning"),
+        "fool_seed": Field(IntRange(0, 2**31 - 1), "fooling: seed of the fine-tuning"),
         "save_weights": Field(check_str, "fooling: write the fooled state_dict here (.pt, with "
                                          "a .json sidecar)"),
         "dissect": Field(_check_bool, "fooling: re-dissect the layer (default true)"),
-        "fsr_low": Field(check_float(-1e9, 1e9), "fooling: lower end of the FSR interval R"),
-        "fsr_high": Field(check_float(-1e9, 1e9), "fooling: upper end of the FSR interval R"),
+        "fsr_low": Field(FloatRange(-1e9, 1e9), "fooling: lower end of the FSR interval R"),
+        "fsr_high": Field(FloatRange(-1e9, 1e9), "fooling: upper end of the FSR interval R"),
         **_SHARED,
     }
 
