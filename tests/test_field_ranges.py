@@ -172,3 +172,43 @@ def test_dissect_flag_is_a_real_boolean():
     assert AuditRequest.build("fooling", dissect=True).get("dissect") is True
     for bad in (0, 1, "false", "no"):
         assert "dissect= expected true or false" in _refused("fooling", "dissect", bad)
+
+
+# --------------------------------------------------------------------------- strings and specs
+
+def test_string_validators():
+    from nemaudit.audit import fields as f
+
+    assert f.check_str("  a b ") == "a b" and f.is_str("x") and not f.is_str(" ")
+    assert not f.is_str(3) and not f.is_str(None)
+    for bad in ("", "  ", 3, None):
+        with pytest.raises(TypeError, match="^a non-empty string$"):
+            f.check_str(bad)
+    assert f.check_layer(" layer4 ") == "layer4"
+    for bad in ("", 4, None):
+        with pytest.raises(TypeError, match='^a layer name, e.g. "layer4"$'):
+            f.check_layer(bad)
+    assert f.check_layers("layer4") == ["layer4"]
+    assert f.check_layers([" a", "b "]) == ["a", "b"] and f.check_layers(("a",)) == ["a"]
+    for bad in ([], ["a", ""], ["a", 3], 3, None, {"a": 1}):
+        with pytest.raises(TypeError, match=r'^a non-empty list of layer names, e.g. \["layer4"\]$'):
+            f.check_layers(bad)
+
+
+def test_spec_validators():
+    from nemaudit.audit import fields as f
+
+    obj = object()
+    assert f.check_spec(" synthetic:n=8 ") == "synthetic:n=8" and f.check_spec(obj) is obj
+    for bad in ("", None, True, 3, 2.5, [], (), {}):
+        with pytest.raises(TypeError, match="^a non-empty string$"):
+            f.check_spec(bad)
+    assert f.check_normalize(" imagenet ") == "imagenet"
+    assert f.check_normalize([[0.5, 0.5, 0.5], [0.25, 0.25, 0.25]]) == (
+        (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    assert f.check_normalize((0.5, 0.25)) == (0.5, 0.25)
+    for bad in ([1, 2, 3], 3, None):
+        with pytest.raises(TypeError, match=r"^imagenet \| none \| netdissect \| m,m,m/s,s,s$"):
+            f.check_normalize(bad)
+    with pytest.raises(TypeError, match="^a non-empty string$"):
+        f.check_normalize(" ")
