@@ -179,3 +179,56 @@ def test_the_lock_is_a_file_lock_beside_the_entry(tmp_path):
     assert lock.timeout == mod.LOCK_TIMEOUT_S == 3600
     with lock:
         assert os.path.exists(lock.lock_file)
+
+
+def test_a_nested_cache_folder_is_created_with_its_parents(kept, tmp_path):
+    c = CleanRunCache(tmp_path / "a" / "b" / "c")
+    path = c.save("k", kept)
+    assert path is not None and path.is_file()
+
+
+def test_an_unwritable_folder_warns_once(kept, tmp_path):
+    import warnings
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert CleanRunCache(blocker / "sub").save("k", kept) is None
+    assert len(seen) == 1
+
+
+def test_an_entry_that_cannot_be_written_is_a_warning(kept, tmp_path):
+    c = CleanRunCache(tmp_path)
+    c.path("k").mkdir()  # a folder where the file should go
+    with pytest.warns(UserWarning, match=r"^nemaudit: could not write the clean-run cache .*"
+                                         r"clean-k\.pt \(.*\); going on without it$"):
+        assert c.save("k", kept) is None
+
+
+class _Evil:
+    """Not a tensor, not a plain container: ``weights_only`` loading refuses it."""
+
+
+def test_an_entry_with_arbitrary_objects_is_never_unpickled(kept, tmp_path):
+    """A cache file is read with ``weights_only=True``: an entry carrying an arbitrary
+    object (what a planted file would use to run code) is refused and deleted."""
+    c = CleanRunCache(tmp_path)
+    path = c.save("k", kept, {"x": torch.zeros(1)})
+    payload = torch.load(path, weights_only=True)
+    payload["extras"] = {"x": _Evil()}
+    torch.save(payload, path)
+    mod._MEMO.clear()
+    with pytest.warns(UserWarning, match="ignoring unreadable clean-run cache"):
+        assert c.load("k") is None
+    assert not path.exists()
+
+
+def test_an_entry_read_from_disk_is_remembered(kept, tmp_path):
+    c = CleanRunCache(tmp_path)
+    c.save("k", kept)
+    mod._MEMO.clear()
+    first, _ = c.load("k")
+    assert first is not kept
+    again, _ = c.load("k")
+    assert again is first  # from memory, not read again
