@@ -29,6 +29,7 @@ def recorder(monkeypatch):
         Rec.auditors.append(self)
         return Rec.result
 
+    monkeypatch.setenv("COLUMNS", "250")  # one printed line per line, no wrapping
     monkeypatch.setattr(Auditor, "prepare", lambda self, req: None)
     monkeypatch.setattr(Auditor, "run", run)
     Rec.requests, Rec.auditors = [], []
@@ -46,7 +47,8 @@ def fooling_result():
                "top1_original": 0.75, "top5_original": 1.0, "nd_units": 16, "nd_changed": 4,
                "nd_flip_rate": 0.25, "nd_flip_rate_detectors": None, "fooled": 1, "units": 2}
     meta = {"fooling": "topk", "interpreter": "gradcam", "interpreters": ["gradcam", "lrp"],
-            "settings": {"epochs": 3}, "weights": "w.pt", "interval": [0.0, 0.2]}
+            "settings": {"epochs": 3}, "weights": "w.pt", "interval": "[bold]R[/bold]"}
+    metrics["fsr"] = 0.5
     return FoolingResult("layer4", {"kind": "fooling"}, rows, metrics, meta)
 
 
@@ -85,7 +87,12 @@ def test_fool_flags_reach_the_request(recorder, tmp_path, capsys):
     assert doc["audit"]["method"] == "fooling" and len(doc["audit"]["units"]) == 2
     printed = capsys.readouterr().out
     assert "FSR by interpreter (transfer): gradcam 0.500, lrp 0.250" in printed
-    assert "image     3 (class 1): test loss gradcam 0.125" in printed
+    lines = printed.splitlines()
+    assert lines[0] == ("FSR 0.500 at top-1 0.625 (original 0.750); Network Dissection: "
+                        "4/16 units changed concept")  # the method's summary
+    # diff lines are indented and printed as text: no rich markup is read from a result
+    assert "  image     3 (class 1): test loss gradcam 0.125 in R [bold]R[/bold]; ρ vs " \
+           "original -0.250" in lines
 
 
 def test_fool_defaults_leave_the_method_defaults(recorder, capsys):
