@@ -264,3 +264,45 @@ def test_radius_with_expect_searches_with_its_tolerance_and_strictness(recorder,
     assert main(["radius", *BASE, "--layer", "l", "--corruption", "gaussian:std=0.5",
                  "--expect", "flip_rate <= 0.1"]) == 0
     assert calls[-1][2:] == (None, False)  # no --tolerance, no --strict
+
+
+def test_compare_table_cells(tmp_path, capsys, monkeypatch):
+    """Every cell of the terminal table: only changed properties, the first four metric
+    changes, unit lines (and when they 'now change'), the intervals under the values."""
+    monkeypatch.setenv("COLUMNS", "300")
+    same = _rec(0.2, {0})
+    same["nodeid"], same["name"] = "t.py::same", "same"
+    gone = dict(_rec(0.2, {0}), nodeid="t.py::gone", name="gone")
+    a = _rec(0.2, {0, 1})
+    a["audit"]["metrics"] = {"flip_rate": 0.2, "m1": 1, "m2": 2, "m3": 3, "m4": 4, "units": 5}
+    b = _rec(0.4, {0, 2, 3})
+    b["audit"]["metrics"] = {"flip_rate": 0.4, "m1": 10, "m2": 20, "m3": 30, "m4": 40,
+                             "units": 5}
+    b["audit"]["units"][2]["clean_label"] = None  # no concept any more
+    new = dict(_rec(0.2, {0}), nodeid="t.py::new", name="new")
+    pa = _report(tmp_path / "a.json", [same, a, gone])
+    pb = _report(tmp_path / "b.json", [same, b, new])
+    out = tmp_path / "c.json"
+    html = tmp_path / "c.html"
+    assert main(["compare", str(pa), str(pb), "--units", "3", "--out", str(out),
+                 "--html", str(html)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"{pa} →") and str(pb) in text.split("\n┏")[0]  # the title
+    header = next(line for line in text.splitlines() if "property" in line)
+    assert [h.strip() for h in header.strip("┃ ").split("┃")] == [
+        "property", "outcome", "measured", "metric changes", "units changed"]
+    assert "same" not in text.split("properties in both runs")[0]  # unchanged: no row
+    assert "passed → passed" in text and "0.2 → 0.4" in text and "[0.1, 0.3] → [0.2, 0.6]" in text
+    for m in ("flip_rate 0.2 → 0.4", "m1 1 → 10", "m2 2 → 20", "m3 3 → 30"):
+        assert m in text, m
+    assert "m4 4 → 40" not in text  # four metric changes at most
+    assert "1: car → car" in text and "(now changes)" in text
+    assert "2: car → — (now changes)" in text
+    assert "3: car → car (now changes)" in text
+    assert "… 1 more" not in text  # exactly --units changed units: no "more" line
+    assert "2 properties in both runs: 1 changed, 1 the same; 1 only in the first, 1 only in " \
+           "the second" in text
+    assert f"wrote {html}" in text and html.is_file()
+    doc = json.loads(out.read_text())
+    assert doc["only_in_a"] == ["t.py::gone"] and doc["only_in_b"] == ["t.py::new"]
+    assert doc["regressions"] == []
