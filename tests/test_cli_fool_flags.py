@@ -210,10 +210,11 @@ def test_bad_compare_flags_exit_2(tmp_path, flags, message, capsys):
 def test_radius_flags_reach_one_request_per_layer(recorder, tmp_path, capsys):
     from nemaudit.audit.radius.run import RadiusResult
 
-    rows = [{"unit": u, "clean_label": "car", "budget": "std", "radius": r, "bracket": [r / 2, r],
-             "broken": True} for u, r in ((4, 0.25), (1, 0.125))]
+    rows = [{"unit": u, "clean_label": "[bold]car", "budget": "std", "radius": r,
+             "bracket": [r / 2, r], "broken": u == 1} for u, r in ((4, 0.25), (1, 0.125))]
     recorder.result = RadiusResult("layer3", {"kind": "gaussian"}, rows,
-                                   {"changed": 2, "units": 2}, {})
+                                   {"units": 2, "max_budget": 0.5, "median": 0.1875,
+                                    "broken_rate": 0.5}, {})
     out = tmp_path / "r.json"
     rc = main(["radius", *BASE, "--layer", "layer3", "--layer", "layer4", "--corruption",
                "gaussian:std=0.5", "--units", "4,1", "--max-units", "2", "--tolerance",
@@ -225,8 +226,12 @@ def test_radius_flags_reach_one_request_per_layer(recorder, tmp_path, capsys):
         assert req.units == (4, 1) and req.max_units == 2
         assert dict(req.settings) == {"radius_tolerance": 0.01, "radius_units": "labelled"}
     printed = capsys.readouterr().out
-    assert "unit    1: car changes at std 0.125 (bracket [0.0625, 0.125])" in printed
-    assert "unit    4" not in printed and "… 1 more broken unit(s)" in printed
+    lines = printed.splitlines()
+    assert lines[0] == ("layer3 · gaussian:std=0.5: 2 units searched up to 0.5: median radius "
+                        "0.1875, 50% broken within the range")
+    # every unit is listed (broken or not), as text, smallest radius first, up to --show
+    assert lines[1] == "  unit    1: [bold]car changes at std 0.125 (bracket [0.0625, 0.125])"
+    assert "unit    4" not in printed and lines[2] == "  … 1 more broken unit(s)"
     doc = json.loads(out.read_text())
     assert doc["schema"] == "nemaudit.radius-run/1" and len(doc["radii"]) == 2
     assert doc["radii"][0]["units"] == rows
@@ -254,16 +259,36 @@ def test_radius_with_expect_searches_with_its_tolerance_and_strictness(recorder,
                "--units", "0,2", "--out", str(out)])
     assert rc == 0
     ((req, text, tol, strict),) = calls
+    assert req.max_units is None
     assert req.method == "netdissect" and req.units == (0, 2) and req.layer == "layer4"
     assert (text, tol, strict) == ("flip_rate <= 0.1", 0.01, True)
     printed = capsys.readouterr().out
-    assert "std=0.25: failed (measured 0.75)" in printed
-    assert "std=0.125: passed (measured —)" in printed
-    (s,) = json.loads(out.read_text())["searches"]
+    lines = printed.splitlines()
+    assert lines[0].startswith("layer4 · gaussian:std=0.5: 'flip_rate <= 0.1' breaks at std=0.25 "
+                               "(holds at 0.125; 2 audits, ")
+    assert lines[1:3] == ["  std=0.25: failed (measured 0.75)",
+                          "  std=0.125: passed (measured —)"]
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == "nemaudit.breaking-run/1"
+    (s,) = doc["searches"]
     assert s["budget_key"] == "std" and s["broken"] is True
     assert main(["radius", *BASE, "--layer", "l", "--corruption", "gaussian:std=0.5",
                  "--expect", "flip_rate <= 0.1"]) == 0
     assert calls[-1][2:] == (None, False)  # no --tolerance, no --strict
+    assert main(["radius", *BASE, "--layer", "l", "--corruption", "gaussian:std=0.5",
+                 "--expect", "flip_rate <= 0.1", "--max-units", "3"]) == 0
+    assert calls[-1][0].max_units == 3
+
+
+@pytest.mark.parametrize("expect", [[], ["--expect", "flip_rate <= 0.1"]])
+def test_radius_checks_out_before_any_audit(expect, recorder, monkeypatch, capsys):
+    from nemaudit.audit.radius import breaking
+
+    monkeypatch.setattr(breaking, "smallest_breaking_budget",
+                        lambda *a, **k: pytest.fail("searched despite a bad --out"))
+    rc = main(["radius", *BASE, "--layer", "l", "--corruption", "gaussian:std=0.5", *expect,
+               "--out", "/dev/null/x.json"])
+    assert rc == 2 and "--out" in capsys.readouterr().err and recorder.requests == []
 
 
 def test_compare_table_cells(tmp_path, capsys, monkeypatch):
