@@ -100,3 +100,17 @@ def test_an_empty_pool_has_no_interval():
     assert repeated_interval([[(True, False), (False, False)]] * 2) is None
     one = repeated_interval([[(True, True)]])
     assert (one.lo, one.hi, one.k, one.n) == (1.0, 1.0, 1, 1)
+
+
+def test_the_bootstrap_is_seeded_with_zero():
+    """Many distinct hit frequencies: the bounds are those of generator 0's resampling
+    exactly (another seed moves them)."""
+    g = np.random.default_rng(123)
+    hits = g.random((5, 9)) < np.linspace(0.05, 0.95, 9)
+    per_draw = [[(bool(h), True) for h in row] for row in hits]
+    iv = repeated_interval(per_draw, 0.9)
+    assert (iv.lo, iv.hi) == _bootstrap(hits.mean(axis=0), 0.9)
+    rng1 = np.random.default_rng(1)
+    idx = rng1.integers(0, 9, size=(BOOTSTRAP, 9))
+    other = np.quantile(hits.mean(axis=0)[idx].mean(axis=1), [0.05, 0.95])
+    assert (iv.lo, iv.hi) != tuple(other)
