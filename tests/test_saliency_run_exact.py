@@ -32,6 +32,7 @@ from tests.toys import ToyNet, ToyProbe
 
 LAYER = "model.layer2"
 INTERP = ("gradcam", "simplegrad")
+RESOLVED: list = []  # (kind, spec, options) of every resolve() call
 
 
 def net(seed: int) -> torch.nn.Module:
@@ -44,6 +45,7 @@ def resolved(model, probe, *, batch_size=4, models=None, probes=None, corruption
         table = models if kind == "model" else probes
         if spec not in (table or {}):
             raise KeyError(f"no {kind} named {spec}")
+        RESOLVED.append((kind, spec, kw))
         return table[spec]
 
     return Resolved(model, probe, LAYER, corruption, torch.device("cpu"), cache_dir=cache_dir,
@@ -182,12 +184,14 @@ def test_saliency_errors_say_what_is_wrong(values, extra, message):
     with pytest.raises(SpecError) as e:
         run_saliency(req, resolved(m, ToyProbe(3), models={"m": m}, **extra))
     assert message in str(e.value)
+    if not values:
+        assert str(e.value) == message
 
 
 def test_saliency_without_images_is_refused():
     from nemaudit.audit.saliency.run import _held_out
 
-    with pytest.raises(SpecError, match="no held-out images to measure the maps on"):
+    with pytest.raises(SpecError, match="^no held-out images to measure the maps on$"):
         _held_out(resolved(net(0), ToyProbe(3)), net(0), None, indices=[])
     held = _held_out(resolved(net(0), ToyProbe(6)), net(0), 2, indices=[5, 1, 3])
     assert held.indices.tolist() == [5, 1]
@@ -329,6 +333,9 @@ def test_fooling_rows_and_metrics_are_the_fooled_model_s(fooled):
     assert r.metrics["top1"] == pytest.approx(float((pf == y).double().mean()))
     assert r.metrics["top1_original"] == pytest.approx(float((po == y).double().mean()))
     assert r.metrics["top1_drop"] == pytest.approx(r.metrics["top1_original"] - r.metrics["top1"])
+    assert r.layer == LAYER and set(r.context["maps"]) == {"gradcam", "simplegrad"}
+    assert all(type(row["hit"][i]) is bool for row in r.rows for i in interp)
+    assert all(type(row["test_loss"][i]) is float for row in r.rows for i in interp)
     assert r.metrics["aopc_gradcam"] == pytest.approx(float(aopc_batched(
         fooled_model, x, y, maps_of(fooled_model, x, y, "gradcam"), 4, 2, 0).mean()), abs=1e-5)
 
@@ -440,3 +447,49 @@ def test_the_saliency_threshold_is_strict():
     assert [row["changed"] for row in r.rows] == [False] * 4
     assert r.metrics["changed_rate_gradcam"] == 0.0
     assert r.indicators("changed_rate_gradcam") == [(False, True)] * 4
+
+
+def test_the_reference_s_weights_reach_its_resolver():
+    m, probe = net(0), ToyProbe(3)
+    RESOLVED.clear()
+    req = AuditRequest.build("saliency", reference="m", reference_weights="ref.pt",
+                             interpreters=("simplegrad",), aopc_steps=1)
+    run_saliency(req, resolved(m, probe, models={"m": m}))
+    assert RESOLVED == [("model", "m", {"weights": "ref.pt"})]
+    RESOLVED.clear()
+    run_saliency(req.but(reference_weights=None), resolved(m, probe, models={"m": m}))
+    assert RESOLVED == [("model", "m", {"weights": None})]
+
+
+def test_aopc_takes_eight_steps_by_default():
+    cand, ref, probe = net(0), net(1), ToyProbe(3)
+    r = run_saliency(AuditRequest.build("saliency", reference="r", interpreters=("simplegrad",)),
+                     resolved(cand, probe, batch_size=4, models={"r": ref}))
+    x, y = probe_data(probe, range(3))
+    want = aopc_batched(cand, x, y, maps_of(cand, x, y, "simplegrad"), 4, 8, 0)
+    assert r.metrics["aopc_simplegrad"] == pytest.approx(float(want.mean()), abs=1e-5)
+
+
+def test_fooling_measures_with_its_own_fsr_interval():
+    """An interval that holds every loss: every image is a hit, fooled, in every column."""
+    orig, probe = net(0), ToyProbe(8)
+    req = AuditRequest.build("fooling", interpreters=("simplegrad",), fsr_low=-1e9,
+                             fsr_high=1e9, dissect=False, **{**FOOL, "aopc_steps": 1})
+    r = run_fooling(req, resolved(orig, probe))
+    assert r.meta["interval"] == [-1e9, 1e9]
+    assert all(row["hit"][i] is True for row in r.rows for i in ("gradcam", "simplegrad"))
+    assert all(row["fooled"] is True for row in r.rows)
+    assert r.metrics["fsr"] == r.metrics["fsr_simplegrad"] == 1.0
+    rho = [row["spearman"] for row in r.rows]
+    assert all(set(x) == {"gradcam", "simplegrad"} for x in rho)
+
+
+def test_fooling_result_lines_and_pools_without_a_hit():
+    rows = [{"index": 1, "label": 0, "test_loss": {}, "hit": {}, "spearman": {}},
+            {"index": 2, "label": 1, "test_loss": {"gradcam": 0.5}, "hit": {"gradcam": True},
+             "spearman": {}}]
+    meta = {"interpreter": "gradcam", "fooling": "location", "interval": [0.0, 0.2]}
+    r = FoolingResult("l", {}, rows, {}, meta)
+    assert r.diff_line(rows[0]) == ("image     1 (class 0): test loss gradcam 0.000 in R "
+                                    "[0.0, 0.2]; ρ vs original +0.000")
+    assert r.indicators("fsr") == [(True, True)]  # the row without a hit is skipped, not the end
