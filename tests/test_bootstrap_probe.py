@@ -209,6 +209,8 @@ def test_every_audit_path_bootstraps_from_pairs_that_add_up(toy, spec, kw, mode)
     assert 0 < summary["tally_mib"] < 1 and round(summary["tally_mib"], 3) == \
         summary["tally_mib"]
     assert 0 <= summary["seconds"] < 600
+    assert r.probe_bootstrap.resamples == 60  # every chunk of resamples computed
+    assert all(v.shape[0] == 60 for v in r.probe_bootstrap.flags.values())
     assert r.rows == plain.rows and r.metrics == plain.metrics
     if kw.get("slack") == 1.0:
         assert r.corrupted.meta.get("recomputed_in_full")
