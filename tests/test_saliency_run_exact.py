@@ -293,7 +293,7 @@ def fooled(tmp_path_factory):
     orig, probe = net(0), ToyProbe(16)
     req = AuditRequest.build("fooling", interpreter="gradcam", interpreters=("simplegrad",),
                              images=3, save_weights=str(tmp_path_factory.mktemp("w") / "f.pt"),
-                             **FOOL)
+                             fool_seed=3, **{k: v for k, v in FOOL.items() if k != "aopc_steps"})
     req = req.but(model="toy-model", probe="toy-probe")  # the specs the sidecar records
     r = run_fooling(req, resolved(orig, probe, batch_size=4))
     return r, orig, probe
@@ -337,7 +337,8 @@ def test_fooling_rows_and_metrics_are_the_fooled_model_s(fooled):
     assert all(type(row["hit"][i]) is bool for row in r.rows for i in interp)
     assert all(type(row["test_loss"][i]) is float for row in r.rows for i in interp)
     assert r.metrics["aopc_gradcam"] == pytest.approx(float(aopc_batched(
-        fooled_model, x, y, maps_of(fooled_model, x, y, "gradcam"), 4, 2, 0).mean()), abs=1e-5)
+        fooled_model, x, y, maps_of(fooled_model, x, y, "gradcam"), 4, 8, 3).mean()), abs=1e-5)
+    # (AOPC's default 8 steps, seeded with the fooling's seed)
 
 
 def test_fooling_meta_settings_and_saved_weights(fooled):
