@@ -257,4 +257,5 @@ def test_communication_time_adds_up(monkeypatch):
         return dist.COMM_SECONDS[0]
 
     run_ranks(2, job, monkeypatch)
-    assert dist.COMM_SECONDS[0] >= 0.35  # the waits summed, not the last collective's
+    # the waits summed, not the last collective's; durations, not clock readings
+    assert 0.35 <= dist.COMM_SECONDS[0] < 60

@@ -375,6 +375,12 @@ def test_the_radius_method_summarises_and_dispatches(monkeypatch):
         "8 units searched up to 0.5: median radius 0.25, 38% broken within the range")
     assert m.change_summary({}) == ("0 units searched up to None: median radius None, 0% "
                                     "broken within the range")
+    assert m.change_summary({"broken_rate": 1.0}).endswith(": median radius None, 100% broken "
+                                                           "within the range")
+    from nemaudit.report import radius_html
+
+    monkeypatch.setattr(radius_html, "radius_section", lambda payload, index: (payload, index))
+    assert m.section({"p": 1}, 4, False) == ({"p": 1}, 4)
     seen = []
     monkeypatch.setattr(radius_run, "run_request", lambda req, res: seen.append((req, res)) or 7)
     assert m.run("REQ", "RES") == 7 and seen == [("REQ", "RES")]
