@@ -428,3 +428,10 @@ def test_a_radius_search_of_a_corruption_object_says_so():
         run_request(AuditRequest.build("radius"), Resolved(None, None, "l", object(), "cpu"))
     assert str(e.value) == ("a radius search needs the corruption as a spec string (its budget "
                             "is varied), e.g. 'gaussian:std=0.1'")
+
+
+def test_two_units_have_interpolated_deciles(search):
+    r, _ = search({0: 0.1, 1: 0.3}, [1, 1], [0.5, 0.5], radius_tolerance=0.001)
+    a, b = sorted(row["radius"] for row in r.rows)
+    assert r.metrics["q10"] == pytest.approx(a + 0.1 * (b - a))
+    assert r.metrics["q90"] == pytest.approx(a + 0.9 * (b - a))
