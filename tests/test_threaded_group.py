@@ -16,6 +16,7 @@ from nemaudit.audit import AuditConfig, audit
 from nemaudit.explain.common.quantile import TopQuantile, merge_across_ranks
 from nemaudit.explain.netdissect import DissectConfig, dissect
 from nemaudit.model.load import NormalizedModel
+from tests.test_distributed import _equal
 from tests.test_metric_meanings import ColourNet, ColourProbe
 from tests.test_nd_run_exact import _same_rows
 from tests.threaded_dist import run_ranks
@@ -69,11 +70,7 @@ def _same_tensors(a, b, what):
 
 def assert_same_dissection(one, got, keep_state: bool) -> None:
     assert torch.equal(one.thresholds, got.thresholds)
-    for k, v in one.tally.state_dict().items():
-        w = got.tally.state_dict()[k]
-        assert (torch.equal(v, w) if torch.is_tensor(v) else v == w), k
-    assert one.tally.images == got.tally.images
-    assert torch.equal(one.tally.label, got.tally.label)
+    _equal(one.tally.state_dict(), got.tally.state_dict(), "tally")  # images, label too
     assert one.rows() == got.rows()
     assert got.meta["ranks"] > 1 and got.meta["cache_overflow"] == one.meta["cache_overflow"]
     if not keep_state:
@@ -274,9 +271,7 @@ def test_threaded_audit_equals_one_process(world, spec, kw, units, monkeypatch):
         assert got.meta["mode"] == one.meta["mode"]
         _same_values(one.metrics, got.metrics)
         assert torch.equal(one.corrupted.thresholds, got.corrupted.thresholds)
-        for k, v in one.corrupted.tally.state_dict().items():
-            w = got.corrupted.tally.state_dict()[k]
-            assert (torch.equal(v, w) if torch.is_tensor(v) else v == w), k
+        _equal(one.corrupted.tally.state_dict(), got.corrupted.tally.state_dict(), "tally")
         if kw.get("bootstrap"):
             for k, v in one.probe_bootstrap.flags.items():
                 assert torch.equal(torch.as_tensor(v), torch.as_tensor(
