@@ -222,6 +222,22 @@ def test_every_audit_path_bootstraps_from_pairs_that_add_up(toy, spec, kw, mode)
     assert r.interval("detector_share", ("clean", "all")).covers == "units"  # keyed
 
 
+def test_an_audit_where_nothing_changed_resamples_the_clean_pairs_on_both_sides(toy):
+    """No image poisoned: the corrupted side is the clean dissection itself, its pairs are
+    resampled on both sides (not skipped, and the clean state is not dropped on the way), so
+    every resample has the same detectors on both sides and no unit changes."""
+    model, probe = toy
+    r = audit(model, "layer2", probe, "gaussian:std=0.2,fraction=0.0",
+              AuditConfig(dissect=CFG, bootstrap=30))
+    assert r.meta["mode"] == "unchanged" and r.corrupted is r.clean
+    assert "skipped" not in r.meta["bootstrap"] and r.probe_bootstrap.resamples == 30
+    flags = r.probe_bootstrap.flags
+    assert flags["clean_detector"].any() and not flags["changed"].any()
+    assert np.array_equal(flags["clean_detector"], flags["corrupted_detector"])
+    iv = r.interval("flip_rate")
+    assert (iv.lo, iv.hi, iv.covers) == (0.0, 0.0, "units+probe")
+
+
 def test_a_tally_over_budget_skips_the_bootstrap_with_a_warning(toy):
     from nemaudit.errors import NemauditWarning
 
@@ -235,19 +251,36 @@ def test_a_tally_over_budget_skips_the_bootstrap_with_a_warning(toy):
     assert r.interval("flip_rate").covers == "units"
 
 
-def test_an_overflowing_candidate_cache_skips_the_bootstrap_and_says_which_budget(toy):
+@pytest.mark.parametrize("spec, kw, mode", [
+    ("gaussian:std=0.2,fraction=1.0", {}, "full"),
+    ("gaussian:std=0.2,fraction=0.3", {}, "full"),  # incremental needs the cache
+    ("pgd:eps=16/255,steps=5", {"slack": 2.0}, "per-unit incremental"),
+])
+def test_an_overflowing_candidate_cache_skips_the_bootstrap_and_says_which_budget(
+        toy, spec, kw, mode):
+    """Without the clean candidate cache every path still gives the exact rows (a per-unit
+    attack recomputes each attacked unit in full instead of failing after the attack), and
+    the bootstrap is skipped with one warning naming the budget."""
     from nemaudit.errors import NemauditWarning
 
     model, probe = toy
+    units = [0, 1, 12] if spec.startswith("pgd") else None
     cfg = DissectConfig(eta=CFG.eta, batch_size=CFG.batch_size, cache_budget_mb=1e-6)
+    within = audit(model, "layer2", probe, spec, AuditConfig(dissect=CFG, **kw), units=units)
     with pytest.warns(NemauditWarning) as warned:
-        r = audit(model, "layer2", probe, "gaussian:std=0.2,fraction=0.3",
-                  AuditConfig(dissect=cfg, bootstrap=20))
+        r = audit(model, "layer2", probe, spec, AuditConfig(dissect=cfg, bootstrap=20, **kw),
+                  units=units)
     why = ("no per-image pairs to resample: a candidate cache exceeded its budget "
            "(cache_budget_mb=1e-06); raise it for a probe bootstrap")
     assert r.meta["bootstrap"] == {"resamples": 20, "seed": 0, "skipped": why}
     assert [str(w.message) for w in warned] == [
         f"nemaudit: no probe bootstrap ({why}); rate intervals cover units only"]
+    assert r.meta["mode"] == mode and r.probe_bootstrap is None
+    assert r.rows == within.rows and r.metrics == within.metrics
+    if units is not None:
+        assert r.meta["units_recomputed_in_full"] == len(units)
+        assert r.corrupted.meta["recomputed_in_full"] == units
+        assert r.clean.state is None or r.clean.state.maps is None
 
 
 def test_auditor_bootstrap_on_the_embedded_default():

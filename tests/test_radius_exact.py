@@ -176,11 +176,25 @@ def test_an_attack_budget_is_eps(search):
     ("jpeg:quality=50", "its budget quality is not one that grows with the corruption's "
                         "strength (std, eps); a radius search bisects such a budget"),
     ("gaussian:std=0", "the budget std=0.0 must be > 0"),
+    ("gaussian:std=abc", "std='abc' is not a number"),
 ])
 def test_bad_radius_requests_say_why(search, corruption, message):
     with pytest.raises(SpecError) as e:
         search({0: 0.1}, [1], [0.5], corruption=corruption)
     assert message in str(e.value)
+
+
+def test_a_kind_without_a_budget_is_refused_naming_the_keys_searched(monkeypatch):
+    """A registered corruption kind that declares no budget (a plugin's) has nothing to
+    bisect: the message names the keys a search can take."""
+    from nemaudit.audit.radius.budget import budget_key
+    from nemaudit.corrupt import kinds
+
+    monkeypatch.setitem(kinds.KINDS, "blur", kinds.Kind("tests.toys:Blur"))
+    with pytest.raises(SpecError) as e:
+        budget_key("blur:std=0.2", "radius search")
+    assert str(e.value) == ("corruption 'blur:std=0.2': a radius search needs the largest "
+                            "budget to search in the spec (std/eps=...), e.g. gaussian:std=0.2")
 
 
 def test_no_unit_to_search_is_an_error(search):

@@ -237,6 +237,29 @@ def test_lrp_matches_zennit_on_vgg_style_models(layer):
                     zennit_lrp(vgg, [SequentialMergeBatchNorm()], x, TARGETS, layer))
 
 
+def test_lrp_matches_zennit_on_dilated_and_grouped_convolutions_with_a_dead_channel():
+    """Dilation and groups reach every convolution of the rule; a channel whose weights and
+    bias are all zero has z⁺ = 0 everywhere, so its (zero) relevance is divided by the
+    stabiliser alone (sign(0) = +1): the map stays finite, as zennit's does."""
+    from zennit.canonizers import SequentialMergeBatchNorm
+
+    torch.manual_seed(5)
+    seq = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=2, dilation=2), nn.ReLU(),
+        nn.Conv2d(6, 6, 3, padding=1, groups=2), nn.ReLU(),
+        nn.Conv2d(6, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(4, 5)).to(DT)
+    with torch.no_grad():
+        seq[4].weight[0] = 0.0
+        seq[4].bias[0] = 0.0
+    model, x = _wrap(seq), images(4, 16)
+    for layer in (None, "2"):
+        ours = lrp(model, x, TARGETS, layer, normalise=False)
+        assert torch.isfinite(ours).all()
+        _assert_matches(ours, zennit_lrp(model, [SequentialMergeBatchNorm()], x, TARGETS,
+                                         layer))
+
+
 @pytest.mark.parametrize("build", [conceptnet, lambda: tv_resnet("basic"),
                                    lambda: tv_resnet("bottleneck"), tv_vgg,
                                    lambda: _wrap(_random_bn(vgg_like(), 4))],
@@ -254,6 +277,7 @@ def test_lrp_normalised_scales():
     h = heatmap(model, x, TARGETS, "lrp")
     raw = lrp(model, x, TARGETS, normalise=False)
     torch.testing.assert_close(h, raw / (raw.flatten(1).amax(1)[:, None, None] + 1e-8))
+    torch.testing.assert_close(lrp(model, x, TARGETS), h)  # normalised by default
     assert h.shape == (4, 32, 32)
     ht = heatmap(model, x, TARGETS, "lrp_t", layer="layer4")
     assert ht.shape == (4, 2, 2)
@@ -377,12 +401,20 @@ class _OwnForward(ConceptNet):
         return super().forward(x) * 2
 
 
+def _instance_forward() -> nn.Module:
+    """A plain ConceptNet whose *instance* was given another forward."""
+    net = ConceptNet(num_classes=5, width=2)
+    net.forward = lambda x: ConceptNet.forward(net, x) * 2  # type: ignore[method-assign]
+    return net
+
+
 @pytest.mark.parametrize("net,match", [
     (nn.Sequential(nn.Conv2d(3, 4, 3), nn.Tanh()), "module type Tanh .at '1'"),
     (nn.Sequential(nn.Conv2d(3, 4, 3), _Custom()), "module type _Custom"),
     (nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3)), "does not directly follow"),
     (nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect")), "zero-padded"),
     (_OwnForward(num_classes=5, width=2), "overrides ConceptNet.forward"),
+    (_instance_forward(), "ConceptNet at 'the model' overrides ConceptNet.forward"),
 ])
 def test_lrp_refuses_what_it_cannot_follow(net, match):
     with _raises(match):

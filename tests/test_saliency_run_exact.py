@@ -391,6 +391,17 @@ def test_fooling_with_its_own_training_probe_and_no_dissection():
     assert "weights" not in r.meta
 
 
+def test_fooling_measures_on_64_held_out_images_by_default():
+    """Without ``images=`` a fooling audit measures the first 64 held-out images (here the
+    whole probe is held out: it has its own training probe)."""
+    orig, probe = net(0), ToyProbe(70)
+    req = AuditRequest.build("fooling", train_probe="train", interpreters=("gradcam",),
+                             dissect=False, **FOOL)
+    r = run_fooling(req, resolved(orig, probe, batch_size=35,
+                                  probes={"train": ToyProbe(6, seed=3)}))
+    assert [row["index"] for row in r.rows] == list(range(64)) and r.metrics["images"] == 64
+
+
 def test_active_fooling_reports_both_classes():
     orig, probe = net(0), ToyProbe(8)  # classes alternate: four images of each
     req = AuditRequest.build("fooling", fooling="active", active_classes=(0, 1),

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -332,10 +333,13 @@ def _per_unit(model, layer, probe, corruption: UnitCorruption, base, config, dev
     # a unit's rows depend on its own pairs only: each rank re-dissects (and, where the kept
     # state cannot read its threshold, recomputes in full) the units it attacked, and the
     # rows are gathered, so no rank repeats another's work
-    corrupted, inexact = redissect(clean, probe, changed, *pairs,
-                                   units=torch.tensor(mine, dtype=torch.long),
-                                   batch_size=config.dissect.batch_size)
-    full_units = inexact.nonzero().flatten().tolist()
+    if clean.state is not None and clean.state.maps is not None:
+        corrupted, inexact = redissect(clean, probe, changed, *pairs,
+                                       units=torch.tensor(mine, dtype=torch.long),
+                                       batch_size=config.dissect.batch_size)
+        full_units = inexact.nonzero().flatten().tolist()
+    else:  # the clean candidate cache overflowed: every attacked unit is recomputed in full
+        corrupted, full_units = _writable_copy(clean), sorted(mine)
     if full_units:
         _recompute_units(model, layer, probe, clean, corrupted, full_units, *pairs, config,
                          device, collect=collect)
@@ -361,6 +365,15 @@ def _per_unit(model, layer, probe, corruption: UnitCorruption, base, config, dev
             "objective_mean_before": objective["before"] / max(objective["pairs"], 1),
             "objective_mean_after": objective["after"] / max(objective["pairs"], 1)}
     return corrupted, rows, metrics, info
+
+
+def _writable_copy(clean):
+    """``clean`` with its own thresholds and tally, for rows written in place (and no state)."""
+    t = clean.tally
+    tally = dataclasses.replace(t, both=t.both.clone(), unit_cat=t.unit_cat.clone(),
+                                unit_pixels=t.unit_pixels.clone(), label=t.label.clone())
+    return dataclasses.replace(clean, thresholds=clean.thresholds.clone(), tally=tally,
+                               meta=dict(clean.meta, incremental=True), state=None)
 
 
 def _gather_units(corrupted, mine, pairs, full_units, before, after, collect, device):

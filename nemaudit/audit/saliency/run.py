@@ -315,8 +315,8 @@ def run_fooling(request: AuditRequest, resolved: Resolved) -> FoolingResult:
         rows.append({"index": int(held.indices[j]), "label": int(labels[j]),
                      "test_loss": {i: val(tl.losses, j) for i, tl in losses.items()},
                      "hit": {i: val(tl.hits, j) for i, tl in losses.items()},
-                     "spearman": {i: float(cmp["spearman"][i][j]) for i in interpreters}
-                     if j < len(held) else {},
+                     # x has at most len(held) images (active: that many composites)
+                     "spearman": {i: float(cmp["spearman"][i][j]) for i in interpreters},
                      "fooled": bool(own.hits[j].all())})
     meta: dict[str, Any] = {
         "fooling": config.fooling, "interpreter": config.interpreter, "lr": config.lr,
