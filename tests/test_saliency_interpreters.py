@@ -206,7 +206,7 @@ def _assert_matches(ours: torch.Tensor, ref: torch.Tensor) -> None:
 # and torch may refuse eps = 0) both are exact.
 TINY_EPS = 1e-30
 @pytest.mark.parametrize("layer", [None, "layer4", "layer3", "layer2.conv1", "layer2.shortcut",
-                                   "conv1"])
+                                   "layer2.relu_out", "conv1"])
 def test_lrp_matches_zennit_on_conceptnet(layer):
     model, x = conceptnet(eps=TINY_EPS), images()
     _assert_matches(lrp(model, x, TARGETS, layer, normalise=False),
@@ -270,6 +270,37 @@ def test_lrp_layers_reproduce_the_forward(build):
     with torch.no_grad():
         torch.testing.assert_close(run_layers(lrp_layers(model), x), model(x),
                                    rtol=1e-12, atol=1e-12)
+
+
+def test_empty_containers_and_dropout_change_no_map():
+    """An empty ``Sequential`` is the identity, and dropout is too: LRP explains the model's
+    deterministic (eval) forward, batch norms folded with their running statistics, even when
+    the model was left in training mode."""
+    torch.manual_seed(9)
+    body = [nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    plain = nn.Sequential(*body, nn.Linear(4, 5)).to(DT)
+    padded = nn.Sequential(body[0], nn.Sequential(), *body[1:], nn.Dropout(0.9), plain[-1]).to(DT)
+    x = images(4, 16)
+    want = lrp(_wrap(plain), x, TARGETS, normalise=False)
+    assert want.abs().max() > 0
+    for model in (_wrap(padded), _wrap(padded).train()):
+        torch.testing.assert_close(lrp(model, x, TARGETS, normalise=False), want,
+                                   rtol=0, atol=0)
+        torch.testing.assert_close(lrp(model, x, TARGETS, "0", normalise=False),
+                                   lrp(_wrap(plain), x, TARGETS, "0", normalise=False),
+                                   rtol=0, atol=0)
+
+
+def test_lrp_keeps_a_graph_of_images_that_carry_none():
+    """``create_graph=True`` on plain images (no gradient of their own): every step still
+    differentiates against a fresh leaf, and the maps are those without a graph."""
+    model, x = conceptnet(), images(2)
+    assert not x.requires_grad
+    for layer in (None, "layer3"):
+        got = lrp(model, x, TARGETS[:2], layer, create_graph=True, normalise=False)
+        assert got.requires_grad
+        torch.testing.assert_close(got.detach(), lrp(model, x, TARGETS[:2], layer,
+                                                     normalise=False), rtol=1e-12, atol=1e-14)
 
 
 def test_lrp_normalised_scales():
@@ -411,6 +442,8 @@ def _instance_forward() -> nn.Module:
 @pytest.mark.parametrize("net,match", [
     (nn.Sequential(nn.Conv2d(3, 4, 3), nn.Tanh()), "module type Tanh .at '1'"),
     (nn.Sequential(nn.Conv2d(3, 4, 3), _Custom()), "module type _Custom"),
+    (nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(nn.ReLU(), nn.Tanh())),
+     "module type Tanh .at '1.1'"),
     (nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3)), "does not directly follow"),
     (nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect")), "zero-padded"),
     (_OwnForward(num_classes=5, width=2), "overrides ConceptNet.forward"),

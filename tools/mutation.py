@@ -42,6 +42,7 @@ MODULE_TESTS: dict[str, list[str]] = {
         "tests/test_confidence.py",
     ],
     "nemaudit/baseline.py": [
+        "tests/test_baseline_exact.py",
         "tests/test_boundaries.py",
         "tests/test_compare.py",
         "tests/test_spec.py",
@@ -137,6 +138,24 @@ MODULE_TESTS: dict[str, list[str]] = {
     # the fast value-by-value tests only: test_saliency_audit.py and test_fooling.py train the
     # bundled model, minutes a mutant
     "nemaudit/audit/saliency/run.py": ["tests/test_saliency_run_exact.py"],
+    "nemaudit/corrupt/manipulate/data.py": ["tests/test_manipulate_exact.py",
+                                            "tests/test_fooling.py",
+                                            "tests/test_saliency_run_exact.py"],
+    "nemaudit/corrupt/manipulate/evaluate.py": ["tests/test_manipulate_exact.py",
+                                            "tests/test_fooling.py",
+                                                "tests/test_saliency_run_exact.py"],
+    "nemaudit/explain/milan/exemplars.py": ["tests/test_milan_exemplars.py",
+                                            "tests/test_exemplars_parts.py",
+                                            "tests/test_milan_audit_exact.py"],
+    "nemaudit/explain/milan/decode.py": ["tests/test_milan_decode.py", "tests/test_decode_exact.py",
+                                         "tests/test_milan_audit_exact.py"],
+    "nemaudit/explain/milan/bertscore.py": ["tests/test_milan_bertscore.py",
+                                            "tests/test_bertscore_exact.py",
+                                            "tests/test_milan_audit_exact.py"],
+    "nemaudit/explain/milan/describer.py": ["tests/test_milan_describer.py",
+                                            "tests/test_milan_audit_exact.py"],
+    "nemaudit/explain/netdissect/images.py": ["tests/test_bootstrap_probe.py",
+                                              "tests/test_bootstrap_exact.py"],
     "nemaudit/cli/common.py": [
         "tests/test_cli_common.py",
         "tests/test_cli.py",

@@ -31,7 +31,8 @@ class TestLosses:
 
     def fsr(self) -> list[float]:
         """FSR per column (one for passive foolings, (c1, c2) for active)."""
-        h = self.hits.reshape(self.hits.shape[0], -1).float()
+        h = self.hits.float()
+        h = h[:, None] if h.dim() == 1 else h  # reshape(0, -1) of no image is ambiguous
         return h.mean(0).tolist() if len(h) else [float("nan")] * h.shape[1]
 
 
