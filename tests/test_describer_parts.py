@@ -1,0 +1,121 @@
+"""Describers' plumbing value by value: a per-unit captioner as a describer, every describer
+spec and its refusals in full, and the checks on MILAN weights and their metadata."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+import torch
+
+from nemaudit.errors import ModelSpecError, SpecError
+from nemaudit.explain.milan.describer import (
+    DEFAULT_WEIGHTS,
+    USAGE,
+    CaptionerDescriber,
+    MilanDescriber,
+    resolve_describer,
+)
+from nemaudit.explain.milan.exemplars import ExemplarConfig, compute_exemplars
+from tests.test_milan_exemplars import ActsProbe, Identity
+from tests.toys import BrightnessDescriber
+
+
+def _exact(exc, text: str):
+    return pytest.raises(exc, match="^" + re.escape(text) + "$")
+
+
+def _exemplars(units: int = 5):
+    acts = torch.rand(9, units, 3, 3, generator=torch.Generator().manual_seed(4))
+    return compute_exemplars(Identity(), "feat", ActsProbe(acts, (3, 3)),
+                             ExemplarConfig(k=2, eta=0.5))
+
+
+@pytest.mark.parametrize("per_call", [1, 2, 8, 0])
+def test_a_captioner_sees_each_units_images_and_masks_in_order(per_call):
+    ex = _exemplars()
+    seen = []
+
+    def fn(images, masks):
+        seen.append((images, masks))
+        return len(seen) * 10  # not a string: the describer makes it one
+
+    got = CaptionerDescriber(fn, rows_per_call=per_call).describe(ex)
+    assert got == ["10", "20", "30", "40", "50"]
+    all_images = ex.images()
+    for r, (images, masks) in enumerate(seen):
+        assert torch.equal(images, all_images[r]) and torch.equal(masks, ex.masks[r])
+    assert CaptionerDescriber(fn, per_call).rows_per_call == max(1, per_call)
+
+
+def test_a_captioners_settings_name_it():
+    def my_captioner(images, masks):
+        return ""
+
+    assert CaptionerDescriber(my_captioner).describe_settings() == {
+        "describer": "test_a_captioners_settings_name_it.<locals>.my_captioner"}
+
+
+def test_describer_specs_and_their_refusals():
+    obj = BrightnessDescriber()
+    assert resolve_describer(obj) is obj
+    got = resolve_describer("python:tests.toys:BrightnessDescriber(levels=2)")
+    assert isinstance(got, BrightnessDescriber) and got.levels == 2
+    with _exact(SpecError, f"describer spec 'clip:ViT': expected {USAGE}"):
+        resolve_describer("clip:ViT")
+    with _exact(SpecError, "describer spec 'python:tests.toys:ToyNet': ToyNet has no "
+                           "describe(exemplars) method"):
+        resolve_describer("python:tests.toys:ToyNet")
+    with _exact(SpecError, "describer spec 3: int has no describe(exemplars) method"):
+        resolve_describer(3)
+
+
+def test_a_missing_milan_file_is_a_spec_error_naming_both_files(tmp_path):
+    pt = tmp_path / "m.pt"
+    want = (f"describer spec 'MILAN: {pt}': MILAN weights not found: {pt} and "
+            f"{pt.with_suffix('.json')} are written by python -m nemaudit.training.milan")
+    with _exact(SpecError, want):
+        resolve_describer(f" MILAN: {pt}")
+
+
+@pytest.fixture(scope="module")
+def milan_copy(tmp_path_factory):
+    d = tmp_path_factory.mktemp("milan")
+    shutil.copy(DEFAULT_WEIGHTS, d / "milan.pt")
+    shutil.copy(DEFAULT_WEIGHTS.with_suffix(".json"), d / "milan.json")
+    return d / "milan.pt"
+
+
+def test_milan_by_path_with_settings_and_its_identity(milan_copy):
+    got = resolve_describer(f"milan:{milan_copy}", beam_size=3, lam=0.0)
+    assert isinstance(got, MilanDescriber)
+    assert got.settings.beam_size == 3 and got.settings.lam == 0.0
+    meta = json.loads(milan_copy.with_suffix(".json").read_text(encoding="utf-8"))
+    ident = got.describe_settings()
+    assert ident["describer"] == "milan" and ident["settings"] == got.settings.to_dict()
+    for key in ("weights_sha256", "encoder", "name"):
+        if key in meta:
+            assert ident[key] == meta[key]
+    assert set(ident) <= {"describer", "settings", "weights_sha256", "encoder", "name"}
+
+
+def test_bad_milan_metadata_and_weights_are_named(milan_copy, tmp_path):
+    pt, meta = tmp_path / "m.pt", tmp_path / "m.json"
+    shutil.copy(milan_copy, pt)
+    meta.write_text('{"vocab": []}', encoding="utf-8")
+    with _exact(ModelSpecError, f"{meta}: not MILAN metadata as nemaudit train-milan writes "
+                                "it (KeyError: 'settings')"):
+        MilanDescriber.load(pt)
+    good = json.loads(milan_copy.with_suffix(".json").read_text(encoding="utf-8"))
+    meta.write_text(json.dumps({**good, "feature_size": good["feature_size"] + 1}),
+                    encoding="utf-8")
+    with _exact(ValueError, f"encoder gives {good['feature_size']} features, the captioner "
+                            f"was trained on {good['feature_size'] + 1}"):
+        MilanDescriber.load(pt)
+    meta.write_text(json.dumps(good), encoding="utf-8")
+    torch.save({"lm": {}}, pt)
+    with _exact(ModelSpecError, f"{pt}: not MILAN weights (expected a dict with a 'captioner' "
+                                "state_dict, as written by nemaudit train-milan)"):
+        MilanDescriber.load(pt)
