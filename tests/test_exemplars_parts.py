@@ -45,6 +45,7 @@ def test_rows_are_the_units_thresholds_exemplars_and_maxes():
                          for u, t, i, m in zip([3, 1], ex.thresholds.tolist(),
                                                ex.indices.tolist(), ex.maxes.tolist())]
     assert isinstance(ex.rows()[0]["unit"], int)
+    assert ex.state is None  # no incremental state unless asked for
 
 
 def _with_pixels(ex: Exemplars) -> Exemplars:
@@ -123,6 +124,7 @@ def test_an_empty_top_and_the_merge_refusals():
     b.update(acts[4:], idx[4:])
     whole.update(acts, idx)
     merged = a.merge(b)
+    assert merged.indices.shape == (3, 4) and whole.values.shape == (3, 4)  # bounded by depth
     assert merged.maps is None and torch.equal(merged.indices, whole.indices)
     assert torch.equal(merged.values, whole.values)
 
@@ -191,9 +193,27 @@ def test_update_is_exact_when_the_state_holds_every_image():
         mod = acts.clone()
         mod[imgs, r] = m
         poisoned.append(mod)
+    clean.transform = lambda batch: batch.images  # what the update must not carry over
+    clean.pixels = torch.zeros(3, k, 3, 4, 4)
     out, inexact = update_exemplars(clean, rows, changed, torch.cat(new_maps),
                                     torch.tensor(new_rows), torch.cat(new_images))
     assert inexact.tolist() == [False, False]
     _assert_equals_brute_force(out, rows, cfg, poisoned)
     assert out.units.tolist() == rows and out.state is None and out.pixels is None
     assert out.transform is None
+
+
+def test_only_the_rows_that_lost_their_candidates_are_flagged():
+    """No spare candidate (depth = k): a row whose exemplars all sank cannot be re-ranked
+    from the kept state, a row whose images did not change can; each is judged alone."""
+    n, k = 12, 3
+    acts = _acts(n, 2, seed=9)
+    clean = compute_exemplars(Identity(), "feat", ActsProbe(acts, (4, 6)),
+                              ExemplarConfig(k=k, batch_size=5), keep_state=True, depth=k,
+                              slack=100.0)
+    sunk = clean.indices[0]
+    changed = torch.zeros(2, n, dtype=torch.bool)
+    changed[0, sunk] = True
+    _, inexact = update_exemplars(clean, [0, 1], changed, acts[sunk, 0] * 0.01,
+                                  torch.zeros(k, dtype=torch.int64), sunk)
+    assert inexact.tolist() == [True, False]
