@@ -119,3 +119,63 @@ def test_bad_milan_metadata_and_weights_are_named(milan_copy, tmp_path):
     with _exact(ModelSpecError, f"{pt}: not MILAN weights (expected a dict with a 'captioner' "
                                 "state_dict, as written by nemaudit train-milan)"):
         MilanDescriber.load(pt)
+
+
+def test_the_encoder_network_warns_when_its_weights_changed():
+    import hashlib
+    import warnings
+
+    from nemaudit.explain.milan.describer import _encoder_network
+    from nemaudit.model.bundled import BUNDLED
+
+    have = hashlib.sha256(BUNDLED["conceptnet"].weights_path.read_bytes()).hexdigest()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net = _encoder_network({"spec": "nemaudit:conceptnet", "weights_sha256": have},
+                               torch.device("cpu"))
+        _encoder_network({}, torch.device("cpu"))  # the bundled ConceptNet by default
+    assert isinstance(net, torch.nn.Module)
+    want = "f" * 64
+    with pytest.warns(UserWarning) as rec:
+        _encoder_network({"weights_sha256": want}, torch.device("cpu"))
+    assert [str(w.message) for w in rec] == [
+        f"the MILAN captioner was trained on the features of nemaudit:conceptnet with weights "
+        f"{want[:12]}…, but those weights are now {have[:12]}…; descriptions may be poor "
+        "until MILAN is retrained (python -m nemaudit.training.milan)"]
+
+
+@pytest.fixture(scope="module")
+def small_milan(milan_copy):
+    return MilanDescriber.load(milan_copy, beam_size=4, max_length=2, lam=3.0)
+
+
+@pytest.fixture(scope="module")
+def layer4_exemplars():
+    from nemaudit.model import load_model
+    from nemaudit.probe.synthetic import SyntheticProbe
+
+    model = load_model("nemaudit:conceptnet", device="cpu")
+    return compute_exemplars(model, "layer4", SyntheticProbe(24, seed=1),
+                             ExemplarConfig(k=4, batch_size=24), units=[0, 3, 5, 7])
+
+
+def test_milans_settings_reach_its_decoding(small_milan, layer4_exemplars):
+    assert not small_milan.captioner.training and not small_milan.lm.training
+    texts = small_milan.describe(layer4_exemplars)
+    cands = small_milan.candidates(layer4_exemplars)
+    assert all(len(t.split()) <= 2 for t in texts)
+    for text, unit in zip(texts, cands):
+        assert 1 <= len(unit) <= 4 and all(len(c[0].split()) <= 2 for c in unit)
+        ranked = [c[1] - 3.0 * c[2] for c in unit]
+        assert ranked == sorted(ranked, reverse=True)  # reranked with λ = 3
+        assert text == unit[0][0]
+
+
+def test_milan_needs_both_of_its_files(milan_copy, tmp_path):
+    pt = tmp_path / "m.pt"
+    shutil.copy(milan_copy, pt)  # no .json next to it
+    with pytest.raises(FileNotFoundError, match="MILAN weights not found"):
+        MilanDescriber.load(pt)
+    (tmp_path / "n.json").write_text("{}", encoding="utf-8")  # no .pt next to it
+    with pytest.raises(FileNotFoundError, match="MILAN weights not found"):
+        MilanDescriber.load(tmp_path / "n.pt")
