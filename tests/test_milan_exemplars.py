@@ -155,6 +155,7 @@ def _assert_equals_brute_force(out, rows, cfg, poisoned):
         ref = compute_exemplars(Identity(), "feat", ActsProbe(poisoned[i], (4, 6)), cfg,
                                 units=[r])
         assert torch.equal(out.indices[i], ref.indices[0])
+        assert torch.equal(out.maxes[i], ref.maxes[0])
         assert torch.allclose(out.thresholds[i], ref.thresholds[0], atol=1e-6)
         assert torch.equal(out.masks[i], ref.masks[0])
 
