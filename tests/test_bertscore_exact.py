@@ -108,10 +108,10 @@ def test_calibration_needs_both_kinds_of_pairs():
 
 def test_text_pairs_are_scored_with_the_given_scorer():
     s = _scorer()
-    cal = calibrate_threshold([("a", "b"), ("c", "d")], [("e", ""), ("", "")], scorer=s)
-    # same: 0.25, 0.5 from the fake; different: 0 ("e" vs nothing), 1 ("" vs "")
-    assert (cal.same_mean, cal.different_mean) == (0.375, 0.5)
-    assert s.scorer.calls[0][0] == ["a", "c"]
+    cal = calibrate_threshold([("a", "b"), ("c", "d")], [("e", "f"), ("", "")], scorer=s)
+    # same: 0.25, 0.5 from the fake; different: 0.25 from the fake, 1 ("" vs "")
+    assert (cal.same_mean, cal.different_mean) == (0.375, 0.625)
+    assert [c[0] for c in s.scorer.calls] == [["a", "c"], ["e"]]
 
 
 def test_calibration_values_are_calibration_objects():

@@ -58,6 +58,7 @@ def test_per_image_tallies_are_each_images_own_tally_and_add_up_exactly(case):
     total = per.total()
     for a, b in zip(_tally_fields(total), _tally_fields(full.tally)):
         assert a.dtype == torch.int64 and torch.equal(a, b)
+    assert total.images == per.images == acts.shape[0] == _column(per, 0).images
     for x in range(acts.shape[0]):  # brute force: image x dissected alone
         alone = dissect_tensors(acts[x:x + 1], pix[x:x + 1], img[x:x + 1], CONCEPTS, CATS,
                                 thresholds=thr).tally
