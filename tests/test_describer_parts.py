@@ -179,3 +179,41 @@ def test_milan_needs_both_of_its_files(milan_copy, tmp_path):
     (tmp_path / "n.json").write_text("{}", encoding="utf-8")  # no .pt next to it
     with pytest.raises(FileNotFoundError, match="MILAN weights not found"):
         MilanDescriber.load(tmp_path / "n.pt")
+
+
+def test_spec_settings_and_names_reach_their_loaders(monkeypatch):
+    seen = {}
+
+    def fake_load(path=None, device="cpu", **settings):
+        seen.update(path=path, device=device, **settings)
+        return BrightnessDescriber()
+
+    monkeypatch.setattr(MilanDescriber, "load", staticmethod(fake_load))
+    resolve_describer("", device="cpu", beam_size=3)
+    assert seen == {"path": None, "device": "cpu", "beam_size": 3}
+    resolve_describer("milan: /w/m.pt", device="meta", lam=0.5)
+    assert seen == {"path": "/w/m.pt", "device": "meta", "beam_size": 3, "lam": 0.5}
+    with pytest.raises(SpecError, match=r"^describer spec 'python:tests\.toys:Nope': "):
+        resolve_describer("python:tests.toys:Nope")
+
+
+def test_a_callable_object_is_named_by_its_type():
+    class Captions:
+        def __call__(self, images, masks):
+            return "x"
+
+    assert CaptionerDescriber(Captions()).describe_settings() == {"describer": "Captions"}
+
+
+def test_milan_without_a_language_model_and_an_encoder_named_in_its_metadata(milan_copy,
+                                                                            tmp_path):
+    pt = tmp_path / "m.pt"
+    state = torch.load(milan_copy, weights_only=True)
+    torch.save({"captioner": state["captioner"]}, pt)
+    meta = json.loads(milan_copy.with_suffix(".json").read_text(encoding="utf-8"))
+    pt.with_suffix(".json").write_text(json.dumps(meta), encoding="utf-8")
+    assert MilanDescriber.load(pt).lm is None
+    from nemaudit.explain.milan.describer import _encoder_network
+
+    with pytest.raises((SpecError, ModelSpecError), match="nope"):
+        _encoder_network({"spec": "nemaudit:nope"}, torch.device("cpu"))
