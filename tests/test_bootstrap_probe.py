@@ -338,3 +338,47 @@ def test_spec_files_take_the_bootstrap_field():
     assert p.request("netdissect", "layer2").get("bootstrap") == 500
     with pytest.raises(PropertyError, match="field 'bootstrap'"):
         build_property({**table, "bootstrap": -1}, {}, 0, Path("nemaudit_x.toml"))
+
+
+def test_per_image_tallies_in_chunks_with_several_image_labels(monkeypatch):
+    """Pairs tallied a few at a time (a tiny scratch budget) and images with two image-level
+    labels, concept 1 among them, give the same tallies as the dissection; the sparse fields
+    hold no explicit zero (their size is what the budget counts)."""
+    from nemaudit.explain.netdissect import images as images_mod
+
+    acts, pix, _ = _random_case(4)
+    img = torch.tensor([[1, 3], [0, 0], [2, 1], [3, 0], [1, 1], [0, 2]])
+    thr = torch.tensor([0.6, 0.8, 0.95])
+    full = dissect_tensors(acts, pix, img, CONCEPTS, CATS, thresholds=thr)
+    whole = image_tallies_tensors(acts, pix, img, thr, LAB_CAT, len(CATS))
+    monkeypatch.setattr(images_mod, "_SCRATCH_BYTES", 8 * (len(CONCEPTS) + len(CATS) + 1) * 2)
+    chunked = image_tallies_tensors(acts, pix, img, thr, LAB_CAT, len(CATS))
+    for per in (whole, chunked):
+        for a, b in zip(_tally_fields(per.total()), _tally_fields(full.tally)):
+            assert torch.equal(a, b)
+        for field in (per.both, per.unit_cat, per.unit_pixels, per.label):
+            assert field._nnz() == int((field.to_dense() != 0).sum())
+    assert chunked.nbytes == whole.nbytes > 0
+
+
+def test_the_tally_budget_counts_every_entry_up_to_its_limit():
+    from nemaudit.explain.netdissect.images import TallyBudgetError, _Budget
+
+    b = _Budget(3 * 2**20)
+    b.spend(3 * 2**20 // 24 - 1)
+    b.spend(1)  # exactly at the limit: allowed
+    with pytest.raises(TallyBudgetError, match="^per-image tallies need more than 3 MiB of "
+                       r"sparse entries \(24 bytes each: one per label inside each fired mask "
+                       r"of each image\); raise the budget or use fewer images or units$"):
+        b.spend(1)
+
+
+def test_per_image_tallies_where_no_unit_fires():
+    acts, pix, img = _random_case(5)
+    thr = torch.full((3,), 2.0)  # above every activation: no mask, no pair
+    full = dissect_tensors(acts, pix, img, CONCEPTS, CATS, thresholds=thr)
+    per = image_tallies_tensors(acts, pix, img, thr, LAB_CAT, len(CATS))
+    for a, b in zip(_tally_fields(per.total()), _tally_fields(full.tally)):
+        assert torch.equal(a, b)
+    assert per.both._nnz() == per.unit_cat._nnz() == per.unit_pixels._nnz() == 0
+    assert per.label._nnz() > 0 and per.both.dtype == torch.float64
