@@ -142,7 +142,7 @@ MODULE_TESTS: dict[str, list[str]] = {
                                             "tests/test_fooling.py",
                                             "tests/test_saliency_run_exact.py"],
     "nemaudit/corrupt/manipulate/evaluate.py": ["tests/test_manipulate_exact.py",
-                                            "tests/test_fooling.py",
+                                                "tests/test_fooling.py",
                                                 "tests/test_saliency_run_exact.py"],
     "nemaudit/explain/milan/exemplars.py": ["tests/test_milan_exemplars.py",
                                             "tests/test_exemplars_parts.py",

@@ -32,8 +32,8 @@ class TestLosses:
     def fsr(self) -> list[float]:
         """FSR per column (one for passive foolings, (c1, c2) for active)."""
         h = self.hits.float()
-        h = h[:, None] if h.dim() == 1 else h  # reshape(0, -1) of no image is ambiguous
-        return h.mean(0).tolist() if len(h) else [float("nan")] * h.shape[1]
+        h = h[:, None] if h.dim() == 1 else h  # not reshape(0, -1): ambiguous for no image
+        return h.mean(0).tolist()  # no image: NaN per column
 
 
 def maps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, interpreter: str,
