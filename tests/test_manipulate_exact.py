@@ -4,8 +4,6 @@ against maps computed here with ``heatmap`` and the paper's losses."""
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -24,13 +22,10 @@ from nemaudit.explain.saliency import heatmap
 from nemaudit.model.bundled import ConceptNet
 from nemaudit.model.load import NormalizedModel
 from nemaudit.probe.base import ProbeItem
+from tests.helpers import raises_exactly
 from tests.toys import ToyProbe
 
 torch.set_num_threads(1)
-
-
-def _exact(text: str):
-    return pytest.raises(SpecError, match="^" + re.escape(text) + "$")
 
 
 class _PartlyLabelled(ToyProbe):
@@ -76,11 +71,12 @@ def test_labelled_images_keep_probe_targets_and_fill_the_missing_with_prediction
 
 def test_labelled_images_refuse_targets_beyond_the_model_and_outputs_without_classes():
     # ToyProbe's targets are 0 and 1: a model of exactly 1 class cannot hold class 1
-    with _exact("the probe's class targets go up to 1 but the model has 1 classes"):
+    with raises_exactly(SpecError, "the probe's class targets go up to 1 but the model has 1 "
+                                   "classes"):
         labelled_images(ToyProbe(4), _Fixed(classes=1))
     labelled_images(ToyProbe(4), _Fixed(classes=2))  # 2 classes hold targets 0 and 1
-    with _exact("the model must return class logits [batch, classes]; it returned shape "
-                "(4, 3, 1) (no classification output)"):
+    with raises_exactly(SpecError, "the model must return class logits [batch, classes]; it "
+                                   "returned shape (4, 3, 1) (no classification output)"):
         labelled_images(ToyProbe(4), _Fixed(dims=3))
 
 
@@ -165,11 +161,11 @@ def test_two_class_images_need_two_images_of_each_class_and_no_more():
     imgs = _textured(5, 8)
     data = LabelledImages(imgs, torch.tensor([0, 0, 1, 1, 2]), torch.arange(5))
     assert two_class_images(data, 0, 1, n=3, seed=0).shape == (3, 3, 8, 8)
-    with _exact("active fooling needs at least 2 images of each class; the training images "
-                "hold 2 of class 0 and 1 of class 2"):
+    with raises_exactly(SpecError, "active fooling needs at least 2 images of each class; the "
+                                   "training images hold 2 of class 0 and 1 of class 2"):
         two_class_images(data, 0, 2, n=3, seed=0)
-    with _exact("active fooling needs at least 2 images of each class; the training images "
-                "hold 1 of class 2 and 2 of class 1"):
+    with raises_exactly(SpecError, "active fooling needs at least 2 images of each class; the "
+                                   "training images hold 1 of class 2 and 2 of class 1"):
         two_class_images(data, 2, 1, n=3, seed=0)
 
 
@@ -178,13 +174,13 @@ def test_class_index_by_number_or_name_and_its_refusals():
     assert class_index(3, names, 45) == 3
     assert class_index(" 7 ", None, 8) == 7
     assert class_index("c44", names, 45) == 44
-    with _exact("class index 45 out of range: the model has 45 classes"):
+    with raises_exactly(SpecError, "class index 45 out of range: the model has 45 classes"):
         class_index(45, names, 45)
-    with _exact("class index 2 out of range: the model has 2 classes"):
+    with raises_exactly(SpecError, "class index 2 out of range: the model has 2 classes"):
         class_index("2", None, 2)
-    with _exact(f"unknown class 'cat'; classes: {', '.join(names[:40])}"):
+    with raises_exactly(SpecError, f"unknown class 'cat'; classes: {', '.join(names[:40])}"):
         class_index("cat", names, 45)
-    with _exact("unknown class 'cat'; classes: (this model names no classes)"):
+    with raises_exactly(SpecError, "unknown class 'cat'; classes: (this model names no classes)"):
         class_index("cat", None, 5)
 
 
