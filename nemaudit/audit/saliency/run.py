@@ -229,19 +229,18 @@ def run_saliency(request: AuditRequest, resolved: Resolved) -> SaliencyResult:
 def fooling_config(request: AuditRequest, layer: str) -> Any:
     from nemaudit.corrupt.manipulate import FoolingConfig
 
-    kw: dict[str, Any] = {"fooling": request.get("fooling", "location"),
-                          "interpreter": request.get("interpreter", "gradcam"), "layer": layer}
-    for key, name in (("fool_lr", "lr"), ("fool_lambda", "lam"), ("fool_epochs", "epochs"),
+    kw: dict[str, Any] = {"layer": layer}  # the rest unset: FoolingConfig's defaults
+    for key, name in (("fooling", "fooling"), ("interpreter", "interpreter"),
+                      ("fool_lr", "lr"), ("fool_lambda", "lam"), ("fool_epochs", "epochs"),
                       ("fool_batch_size", "batch_size"), ("fool_seed", "seed"),
-                      ("active_classes", "classes")):
+                      ("active_classes", "classes"), ("max_top1_drop", "max_top1_drop")):
         if request.get(key) is not None:
             kw[name] = request.get(key)
-    kw["max_top1_drop"] = request.get("max_top1_drop", 0.02)
     lo, hi = request.get("fsr_low"), request.get("fsr_high")
     if lo is not None or hi is not None:
         from nemaudit.corrupt.manipulate.losses import FSR_INTERVALS
 
-        d_lo, d_hi = FSR_INTERVALS[kw["fooling"]]
+        d_lo, d_hi = FSR_INTERVALS[kw.get("fooling", FoolingConfig.fooling)]
         kw["interval"] = (d_lo if lo is None else lo, d_hi if hi is None else hi)
         if kw["interval"][0] > kw["interval"][1]:
             raise SpecError(f"fsr_low {kw['interval'][0]} is above fsr_high {kw['interval'][1]}")
