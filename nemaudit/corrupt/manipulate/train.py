@@ -68,7 +68,7 @@ class FoolingRun:
 def _commonest_two(labels: torch.Tensor) -> tuple[int, int]:
     counts = torch.bincount(labels)
     top = counts.topk(min(2, len(counts))).indices.tolist()
-    if len(top) < 2:
+    if len(top) < 2 or counts[top[1]] == 0:  # [0, 3]: two bins, one class
         from nemaudit.errors import SpecError
 
         raise SpecError("active fooling needs images of at least two classes")
