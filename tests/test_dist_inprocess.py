@@ -259,3 +259,37 @@ def test_communication_time_adds_up(monkeypatch):
     run_ranks(2, job, monkeypatch)
     # the waits summed, not the last collective's; durations, not clock readings
     assert 0.35 <= dist.COMM_SECONDS[0] < 60
+
+
+def test_each_collective_names_what_it_does_in_its_failures(monkeypatch):
+    """The label a collective hands its guard is what a failure report quotes: each
+    collective's own default, or the caller's."""
+    seen: list[str] = []
+    guard = dist._guard
+
+    def recording(what, fn):
+        seen.append(what)
+        return guard(what, fn)
+
+    monkeypatch.setattr(dist, "_guard", recording)
+
+    def job(rank):
+        dist.all_sum(torch.tensor([rank]))
+        dist.all_max(float(rank))
+        dist.all_gather_rows(torch.zeros(1, 1), 0.0)
+        dist.all_gather_objects(rank)
+        dist.barrier()
+        dist.all_sum(torch.tensor([rank]), "mine")
+
+    run_ranks(2, job, monkeypatch)
+    want = ["summing tallies", "agreeing on a flag", "gathering rows", "gathering rows",
+            "gathering results", "waiting for the other ranks", "mine"]
+    assert sorted(seen) == sorted(want * 2)
+
+
+def test_an_nccl_group_exchanges_on_the_current_cuda_device(monkeypatch):
+    monkeypatch.setattr(tdist, "get_backend", lambda *a: "nccl")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 2)
+    assert dist._device() == torch.device("cuda", 2)
+    monkeypatch.setattr(tdist, "get_backend", lambda *a: "gloo")
+    assert dist._device() == torch.device("cpu")
