@@ -271,6 +271,31 @@ def test_torchattacks_adapter_matches_the_native_attack(model, batch):
         atk(batch.images, units)
 
 
+def test_torchattacks_adapter_settings_modes_and_messages(model, batch, capsys):
+    from nemaudit.corrupt.torchattacks_adapter import ConceptPGDAttack
+    from tests.helpers import raises_exactly
+
+    atk = ConceptPGDAttack(model, "conv2")
+    assert (atk.inner.eps, atk.inner.steps, atk.inner.alpha) == (4 / 255, 10, 2 * (4 / 255) / 10)
+    assert ConceptPGDAttack(model, "conv2", eps=0.1, alpha=0.003, steps=2).inner.alpha == 0.003
+    assert atk.attack == "ConceptPGD" and repr(atk).startswith("ConceptPGD(")
+    assert atk.supported_mode == ["default", "targeted"] and atk.get_mode() == "default"
+    s = concept_maps(batch.pixel_labels, batch.image_labels, 1)
+    units = torch.zeros(len(batch), dtype=torch.int64)
+    with raises_exactly(ValueError, "call set_maps(source_maps, target_maps) before the attack"):
+        atk(batch.images, units)
+    # the default mode runs without target maps: the plain untargeted attack
+    small = ConceptPGDAttack(model, "conv2", eps=2 / 255, steps=2)
+    small.set_maps(s)
+    native = ConceptPGD(model, "conv2", eps=2 / 255, steps=2)(batch.images, units, s, None)
+    assert torch.equal(small(batch.images, units), native)
+    small.set_mode_targeted()
+    assert small.targeted and small.get_mode() == "targeted"
+    assert capsys.readouterr().out == ""  # quietly
+    with raises_exactly(ValueError, "targeted mode needs target maps: set_maps(source, target)"):
+        small(batch.images, units)
+
+
 def test_torchattacks_interface_and_normalized_model(model, batch):
     wrapped = NormalizedModel(model, "imagenet")
     atk = ConceptPGD(wrapped, "conv2", eps=2 / 255, steps=3)
