@@ -160,6 +160,15 @@ MODULE_TESTS: dict[str, list[str]] = {
     "nemaudit/audit/request.py": ["tests/test_request_exact.py", "tests/test_front_doors.py",
                                   "tests/test_field_ranges.py"],
     "nemaudit/corrupt/torchattacks_adapter.py": ["tests/test_corrupt_pgd.py"],
+    "nemaudit/audit/methods.py": ["tests/test_method_declarations_exact.py", "tests/test_spec.py",
+                                  "tests/test_report_methods.py"],
+    "nemaudit/audit/netdissect/__init__.py": ["tests/test_method_declarations_exact.py",
+                                              "tests/test_spec.py", "tests/test_html_exact.py"],
+    "nemaudit/corrupt/kinds.py": ["tests/test_method_declarations_exact.py",
+                                  "tests/test_corrupt_spec.py"],
+    "nemaudit/corrupt/manipulate/__init__.py": ["tests/test_method_declarations_exact.py",
+                                                "tests/test_manipulate_exact.py"],
+    "nemaudit/corrupt/manipulate/save.py": ["tests/test_method_declarations_exact.py"],
     # the fast loop tests only (a tiny CNN on 8x8 images); test_fooling.py trains for seconds
     "nemaudit/corrupt/manipulate/train.py": ["tests/test_fool_loop_exact.py"],
     "nemaudit/cli/common.py": [
