@@ -132,6 +132,7 @@ def test_cache_key_of_objects():
     # a corruption object without a spec() cannot be keyed either
     plain = type("Plain", (), {"spec": "not callable"})()
     assert AuditRequest.build("netdissect", corruption=plain).cache_key() is None
+    assert AuditRequest.build("netdissect", corruption=object()).cache_key() is None  # no spec
     # every scalar type and a tuple keep the key
     assert AuditRequest.build("netdissect", repeats=2, normalize="none",
                               bootstrap=0).cache_key() is not None
