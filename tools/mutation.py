@@ -147,6 +147,8 @@ MODULE_TESTS: dict[str, list[str]] = {
     "nemaudit/explain/milan/exemplars.py": ["tests/test_milan_exemplars.py",
                                             "tests/test_exemplars_parts.py",
                                             "tests/test_milan_audit_exact.py"],
+    "nemaudit/explain/milan/model.py": ["tests/test_milan_model_exact.py",
+                                        "tests/test_milan_decode.py"],
     "nemaudit/explain/milan/decode.py": ["tests/test_milan_decode.py", "tests/test_decode_exact.py",
                                          "tests/test_milan_audit_exact.py"],
     "nemaudit/explain/milan/bertscore.py": ["tests/test_milan_bertscore.py",

@@ -191,12 +191,12 @@ class PyramidEncoder(nn.Module):
         masks = exemplars.masks.reshape(u * k, *exemplars.masks.shape[2:])
         out = torch.zeros(u * k, self.feature_size)
         if u * k == 0:
-            return out.reshape(u, k, -1)
+            return out.reshape(u, k, self.feature_size)
         if exemplars.pixels is not None:
             pix = exemplars.pixels.reshape(u * k, *exemplars.pixels.shape[2:])
             for s in range(0, u * k, batch_size):
                 out[s:s + batch_size] = self(pix[s:s + batch_size], masks[s:s + batch_size]).cpu()
-            return out.reshape(u, k, -1)
+            return out.reshape(u, k, self.feature_size)
         uniq, inv = torch.unique(exemplars.indices.flatten(), return_inverse=True)
         device = next(self.net.parameters()).device
         order = torch.argsort(inv, stable=True)
@@ -210,7 +210,7 @@ class PyramidEncoder(nn.Module):
             pairs = order[int(bounds[s]):int(bounds[e])]
             counts = (bounds[s + 1:e + 1] - bounds[s:e]).tolist()
             out[pairs] = pool_grouped(maps, masks[pairs].to(device), counts).cpu()
-        return out.reshape(u, k, -1)
+        return out.reshape(u, k, self.feature_size)
 
 
 def pool_grouped(maps: Sequence[torch.Tensor], masks: torch.Tensor, counts: Sequence[int]
