@@ -1,0 +1,193 @@
+"""Report pictures value by value: PNG/WebP encoding, the NetDissect-style mask overlay and
+the heatmap overlay on hand cases, exemplar strips, and Network Dissection's payload (which
+units are pictured, which images, and that each picture shows the clean and the corrupted
+image with its own mask) against a recomputation here."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nemaudit.audit import AuditConfig, audit
+from nemaudit.audit.netdissect import pictures as nd_pictures
+from nemaudit.audit.pictures import heat_overlay, overlay, png_b64, strip, webp_b64
+from nemaudit.explain.common.masks import upsample
+from nemaudit.explain.netdissect import DissectConfig
+from nemaudit.model.layers import LayerRecorder
+from nemaudit.model.load import NormalizedModel
+from nemaudit.probe.base import collate
+from tests.toys import ToyNet, ToyProbe
+
+torch.set_num_threads(1)
+
+
+def _decode(b64: str) -> tuple[str, np.ndarray]:
+    img = Image.open(io.BytesIO(base64.b64decode(b64)))
+    return img.format, np.asarray(img.convert("RGB"))
+
+
+# --------------------------------------------------------------------------- encodings
+
+def test_png_is_lossless_and_webp_keeps_the_size():
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    fmt, back = _decode(png_b64(rgb))
+    assert fmt == "PNG" and np.array_equal(back, rgb)
+    flat = np.full((16, 12, 3), 120, dtype=np.uint8)
+    fmt, back = _decode(webp_b64(flat))
+    assert fmt == "WEBP" and back.shape == (16, 12, 3)
+    assert np.abs(back.astype(int) - 120).max() <= 3
+    assert len(webp_b64(rgb, quality=10)) < len(webp_b64(rgb, quality=100))
+
+
+# --------------------------------------------------------------------------- overlays
+
+def test_mask_overlay_keeps_the_mask_darkens_the_rest_and_outlines_it():
+    image = torch.full((3, 5, 5), 0.5)
+    mask = torch.zeros(5, 5, dtype=torch.bool)
+    mask[1:3, 1:3] = True
+    out = overlay(image, mask)
+    assert out.dtype == np.uint8 and out.shape == (5, 5, 3)
+    # the ring just outside the mask is the outline (yellow), inside stays, outside ×0.3
+    ring = np.zeros((5, 5), bool)
+    ring[0:4, 0:4] = True
+    ring[1:3, 1:3] = False
+    assert (out[ring] == [255, 217, 0]).all()
+    assert (out[1:3, 1:3] == 128).all()  # round(0.5 · 255)
+    rest = ~ring
+    rest[1:3, 1:3] = False
+    assert (out[rest] == 38).all()  # round(0.15 · 255)
+    # a coarser mask is resized (nearest) to the image; scale repeats pixels
+    coarse = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    big = overlay(torch.ones(3, 4, 4), coarse, scale=2)
+    assert big.shape == (8, 8, 3)
+    assert (big[:4, :4] == 255).all() and (big[:4, :4] != [255, 217, 0]).any()
+    small = overlay(torch.ones(3, 4, 4), coarse)
+    assert (small[2:, 3] == 76).all()  # far from the mask: darkened, round(0.3 · 255)
+    assert np.array_equal(big[::2, ::2], small)
+    # pixels outside [0, 1] are clamped first
+    assert (overlay(torch.full((3, 2, 2), 2.0), torch.ones(2, 2)) == 255).all()
+
+
+RAMP = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]],
+                dtype=np.float32) / 255
+
+
+@pytest.mark.parametrize("heat, colour", [
+    (torch.ones(2, 2), RAMP[4]),                      # the maximum: the ramp's bright end
+    (torch.full((2, 2), 7.0), RAMP[4]),               # scaled by its max first
+    (torch.tensor([[1.0, -1.0], [0.5, 0.125]]), None),
+])
+def test_heat_overlay_blends_the_ramp_over_the_image(heat, colour):
+    image = torch.zeros(3, 2, 2)
+    out = heat_overlay(image, heat)
+    if colour is not None:
+        assert (out == np.round(0.55 * colour * 255).astype(np.uint8)).all()
+        return
+    want = np.zeros((2, 2, 3))
+    for (y, x), v in np.ndenumerate(heat.numpy()):
+        pos = max(v, 0.0) * 4  # negative relevance: the dark end
+        lo = min(int(np.floor(pos)), 3)
+        t = pos - lo
+        want[y, x] = RAMP[lo] * (1 - t) + RAMP[lo + 1] * t
+    assert np.array_equal(out, np.round(0.55 * want * 255).astype(np.uint8))
+
+
+def test_heat_overlay_mixes_with_the_image_resizes_and_scales():
+    image = torch.full((3, 4, 4), 1.0)
+    out = heat_overlay(image, torch.zeros(2, 2), alpha=0.25)
+    assert (out == np.round((0.75 + 0.25 * RAMP[0]) * 255).astype(np.uint8)).all()
+    assert heat_overlay(image, torch.rand(3, 3), scale=3).shape == (12, 12, 3)
+    hm = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    big = heat_overlay(torch.zeros(3, 4, 4), hm)
+    resized = torch.nn.functional.interpolate(hm[None, None], size=(4, 4), mode="bilinear",
+                                              align_corners=False)[0, 0]
+    assert np.array_equal(big, heat_overlay(torch.zeros(3, 4, 4), resized))
+
+
+def test_a_strip_is_one_overlay_per_exemplar():
+    images, masks = torch.rand(2, 3, 4, 4), torch.rand(2, 4, 4) > 0.5
+    got = strip(images, masks, [7, 3], [1.5, 0.25])
+    assert [(g["index"], g["max"]) for g in got] == [(7, 1.5), (3, 0.25)]
+    for g, img, m in zip(got, images, masks, strict=True):
+        assert np.array_equal(_decode(g["png"])[1], overlay(img, m))
+    assert strip(images[:0], masks[:0], [], []) == []
+
+
+# --------------------------------------------------------------------------- Network Dissection
+
+CFG = AuditConfig(dissect=DissectConfig(eta=0.02, batch_size=8))
+
+
+@pytest.fixture(scope="module")
+def noise():
+    model, probe = NormalizedModel(ToyNet(), "none"), ToyProbe(40)
+    return model, probe, audit(model, "layer2", probe, "gaussian:std=0.3,fraction=1.0,seed=3",
+                               CFG)
+
+
+def test_the_units_pictured_are_changed_detectors_first(noise, monkeypatch):
+    _, _, result = noise
+    calls = []
+    monkeypatch.setattr(nd_pictures, "unit_exemplars",
+                        lambda res, unit, k: calls.append((unit, k)) or {"unit": unit})
+    doc = nd_pictures.report_payload(result, max_units=5, k=3)
+    rows = result.rows
+    key = {r["unit"]: (0 if r["changed"] else 1, 0 if r["clean_detector"] else 1,
+                       -r["clean_iou"]) for r in rows}
+    want = sorted(key, key=lambda u: (key[u], [r["unit"] for r in rows].index(u)))[:5]
+    assert [u for u, _ in calls] == want and {k for _, k in calls} == {3}
+    assert doc["exemplars"] == [{"unit": u} for u in want]
+    assert {k: v for k, v in doc.items() if k != "exemplars"} == result.to_json()
+    assert any(r["changed"] for r in rows) and any(not r["changed"] for r in rows)
+
+
+def test_a_units_pictures_are_its_top_images_clean_and_corrupted(noise):
+    model, probe, result = noise
+    unit = next(r["unit"] for r in result.rows if r["changed"])
+    got = nd_pictures.unit_exemplars(result, unit, k=3)
+    # the top images by the unit's max activation over the whole probe
+    batch = collate([probe[i] for i in range(len(probe))])
+    with torch.no_grad(), LayerRecorder(model, ["layer2"]) as rec:
+        rec.run(batch.images)
+        acts = rec["layer2"][:, unit].float()
+    maxes = acts.flatten(1).max(1).values
+    top = torch.argsort(maxes, descending=True, stable=True)[:3].tolist()
+    assert [g["index"] for g in got["images"]] == top
+    t_clean = float(result.clean.thresholds[unit])
+    t_bad = float(result.corrupted.thresholds[unit])
+    assert (got["unit"], got["threshold_clean"], got["threshold_corrupted"]) == (
+        unit, t_clean, t_bad)
+    sub = collate([probe[i] for i in top])
+    bad = result.context["corruption"](sub, model)
+    with torch.no_grad(), LayerRecorder(model, ["layer2"]) as rec:
+        rec.run(bad)
+        bad_acts = rec["layer2"][:, unit].float()
+    for j, g in enumerate(got["images"]):
+        assert g["clean_max"] == pytest.approx(float(maxes[top[j]]))
+        assert g["corrupted_max"] == pytest.approx(float(bad_acts[j].max()))
+        clean_mask = upsample(acts[top[j]][None], tuple(probe.seg_size))[0] > t_clean
+        bad_mask = upsample(bad_acts[j][None], tuple(probe.seg_size))[0] > t_bad
+        assert np.array_equal(_decode(g["clean"])[1], overlay(sub.images[j], clean_mask))
+        assert np.array_equal(_decode(g["corrupted"])[1], overlay(bad[j], bad_mask))
+        assert g["linf"] == pytest.approx(float((bad[j] - sub.images[j]).abs().max()))
+        assert g["linf"] > 0
+
+
+def test_no_pictures_without_the_audits_context_or_candidates(noise):
+    _, _, result = noise
+    import copy
+
+    bare = copy.copy(result)
+    bare.context = None
+    assert nd_pictures.unit_exemplars(bare, 0) == {"unit": 0, "images": []}
+    none = copy.copy(result)
+    none.clean = copy.copy(result.clean)
+    none.clean.state = None
+    assert nd_pictures._top_images(none, 0, 3) == []
+    assert nd_pictures.unit_exemplars(none, 0) == {"unit": 0, "images": []}
