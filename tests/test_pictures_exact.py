@@ -191,3 +191,87 @@ def test_no_pictures_without_the_audits_context_or_candidates(noise):
     none.clean.state = None
     assert nd_pictures._top_images(none, 0, 3) == []
     assert nd_pictures.unit_exemplars(none, 0) == {"unit": 0, "images": []}
+
+
+# --------------------------------------------------------------------------- MILAN
+
+class _Ex:
+    """Stands for an Exemplars set: k exemplars of U units, images served by row."""
+
+    def __init__(self, u: int, k: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.k = k
+        self.pixels = torch.rand(u, k, 3, 4, 4, generator=g)
+        self.masks = torch.rand(u, k, 4, 4, generator=g) > 0.5
+        self.indices = torch.arange(u * k).reshape(u, k) + 100 * seed
+        self.maxes = torch.rand(u, k, generator=g)
+        self.calls: list = []
+
+    def images(self, rows, first):
+        self.calls.append((list(rows), first))
+        return self.pixels[rows, :first]
+
+
+class _MilanResult:
+    def __init__(self, rows, kept=None, k=4) -> None:
+        self.rows = rows
+        self.clean, self.corrupted = _Ex(len(rows), k, 1), _Ex(len(rows), k, 2)
+        self.context = None if kept is None else {"corrupted_pixels": kept}
+
+    def to_json(self):
+        return {"method": "milan", "units": list(self.rows)}
+
+
+ROWS = [{"unit": 10, "manipulated": False, "f1": 0.1},
+        {"unit": 11, "manipulated": True, "f1": 0.6},
+        {"unit": 12, "manipulated": True, "f1": 0.2},
+        {"unit": 13, "manipulated": False, "f1": 0.05}]
+
+
+def _strip_of(ex, i, k, images):
+    return strip(images, ex.masks[i, :k], ex.indices[i, :k].tolist(), ex.maxes[i, :k].tolist())
+
+
+def test_milan_pictures_manipulated_units_first_lowest_f1_first():
+    from nemaudit.audit.milan.pictures import milan_payload
+
+    r = _MilanResult(ROWS)
+    doc = milan_payload(r, max_units=3, k=2)
+    shown = [2, 1, 3]  # manipulated (F1 0.2, 0.6), then the lowest F1 of the rest
+    assert [e["unit"] for e in doc["exemplars"]] == [12, 11, 13]
+    assert r.clean.calls == [(shown, 2)] and r.corrupted.calls == [(shown, 2)]  # one batch each
+    for e, i in zip(doc["exemplars"], shown, strict=True):
+        assert e["clean"] == _strip_of(r.clean, i, 2, r.clean.pixels[i, :2])
+        assert e["corrupted"] == _strip_of(r.corrupted, i, 2, r.corrupted.pixels[i, :2])
+        assert "note" not in e
+    assert doc["units"] == ROWS and doc["method"] == "milan"
+    # k is capped at the exemplars kept
+    assert len(milan_payload(_MilanResult(ROWS, k=3), k=5)["exemplars"][0]["clean"]) == 3
+
+
+def test_milan_pictures_of_per_unit_attacks_use_the_kept_pixels():
+    from nemaudit.audit.milan.pictures import milan_payload
+
+    kept = {12: (torch.rand(1, 3, 4, 4) * 255).round().to(torch.uint8),
+            11: (torch.rand(3, 3, 4, 4) * 255).round().to(torch.uint8)}
+    r = _MilanResult(ROWS, kept=kept)
+    doc = milan_payload(r, max_units=4, k=2)
+    by_unit = {e["unit"]: e for e in doc["exemplars"]}
+    assert r.corrupted.calls == []  # nothing re-read through a corruption
+    assert by_unit[12]["corrupted"] == _strip_of(r.corrupted, 2, 1, kept[12][:1].float() / 255)
+    assert by_unit[11]["corrupted"] == _strip_of(r.corrupted, 1, 2, kept[11][:2].float() / 255)
+    for u in (10, 13):
+        assert by_unit[u]["corrupted"] == []
+        assert by_unit[u]["note"] == "the poisoned pixels of this unit were not kept for pictures"
+
+
+def test_milan_pictures_need_both_sides_and_rows():
+    from nemaudit.audit.milan.pictures import milan_payload
+
+    empty = _MilanResult([])
+    assert milan_payload(empty) == {"method": "milan", "units": []}
+    half = _MilanResult(ROWS)
+    half.corrupted = None
+    assert "exemplars" not in milan_payload(half)
+    assert len(milan_payload(_MilanResult(ROWS))["exemplars"]) == 4  # the default max_units
+    assert len(milan_payload(_MilanResult(ROWS))["exemplars"][0]["clean"]) == 3  # default k
