@@ -275,3 +275,73 @@ def test_milan_pictures_need_both_sides_and_rows():
     assert "exemplars" not in milan_payload(half)
     assert len(milan_payload(_MilanResult(ROWS))["exemplars"]) == 4  # the default max_units
     assert len(milan_payload(_MilanResult(ROWS))["exemplars"][0]["clean"]) == 3  # default k
+
+
+# --------------------------------------------------------------------------- saliency
+
+class _SaliencyResult:
+    def __init__(self, n_images: int = 4) -> None:
+        g = torch.Generator().manual_seed(5)
+        self.rows = [{"index": 20 + j, "label": f"class{j}",
+                      "spearman": {"gradcam": rho, "lrp": 0.5}}
+                     for j, rho in enumerate([0.9, 0.6, 0.3, 0.1])]
+        self.meta = {"interpreters": ["lrp", "simplegrad", "x", "gradcam", "lrp_t"],
+                     "nd_rows": [{"unit": 1}]}
+        maps = {i: (torch.rand(4, 2, 2, generator=g), torch.rand(4, 2, 2, generator=g))
+                for i in ("gradcam", "lrp", "lrp_t", "x")}
+        maps["x"] = (maps["x"][0][:2], maps["x"][1][:2])  # maps of the first 2 images only
+        self.context = {"images": torch.rand(n_images, 3, 4, 4, generator=g), "maps": maps}
+
+    @staticmethod
+    def diff_order(row):
+        return row["spearman"]["gradcam"]
+
+    def to_json(self):
+        return {"method": "saliency", "meta": dict(self.meta), "rows": self.rows}
+
+
+def test_saliency_pictures_the_worst_images_with_each_models_maps(monkeypatch):
+    from nemaudit.audit.saliency.pictures import PICTURED, saliency_payload
+    from nemaudit.report import saliency_html
+
+    seen = []
+    monkeypatch.setattr(saliency_html, "charts", lambda doc: seen.append(doc) or {"c": "png"})
+    r = _SaliencyResult(n_images=3)
+    doc = saliency_payload(r, max_images=3)
+    assert PICTURED == 3
+    assert doc["meta"] == {"interpreters": r.meta["interpreters"]}  # nd_rows moved out
+    assert doc["nd_units"] == [{"unit": 1}]
+    assert doc["charts"] == {"c": "png"} and seen == [doc]
+    # the worst 3 by the result's own order (lowest Grad-CAM ρ): images 3, 2, 1; image 3 has
+    # no pixels kept (3 images): skipped
+    kept = [r.rows[2], r.rows[1]]
+    assert [p["index"] for p in doc["pictures"]] == [22, 21]
+    for p, w in zip(doc["pictures"], kept, strict=True):
+        j = w["index"] - 20
+        img = r.context["images"][j]
+        assert p["label"] == w["label"]
+        want = (img.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+        assert np.array_equal(_decode(p["image"])[1], want)
+        # the first PICTURED interpreters measured that have maps, in the audit's order
+        # (simplegrad has none); x's maps cover the first 2 images only
+        want_interps = ["lrp", "x", "gradcam"] if j < 2 else ["lrp", "gradcam"]
+        assert [m["interpreter"] for m in p["maps"]] == want_interps
+        for m in p["maps"]:
+            ref, cand = r.context["maps"][m["interpreter"]]
+            assert m["reference"] == webp_b64(heat_overlay(img, ref[j]))
+            assert m["candidate"] == webp_b64(heat_overlay(img, cand[j]))
+            assert m["spearman"] == w["spearman"].get(m["interpreter"])
+
+
+def test_saliency_pictures_need_images_and_maps():
+    from nemaudit.audit.saliency.pictures import saliency_payload
+
+    r = _SaliencyResult()
+    r.context = {"images": None, "maps": {}}
+    doc = saliency_payload(r)
+    assert "pictures" not in doc and "charts" not in doc and doc["nd_units"] == [{"unit": 1}]
+    r.context = None
+    assert "pictures" not in saliency_payload(r)
+    r2 = _SaliencyResult()
+    assert len(saliency_payload(r2, max_images=2)["pictures"]) == 2
+    assert len(saliency_payload(_SaliencyResult())["pictures"]) == 4  # at most 8 by default

@@ -165,6 +165,7 @@ MODULE_TESTS: dict[str, list[str]] = {
     "nemaudit/audit/pictures.py": ["tests/test_pictures_exact.py"],
     "nemaudit/audit/netdissect/pictures.py": ["tests/test_pictures_exact.py"],
     "nemaudit/audit/milan/pictures.py": ["tests/test_pictures_exact.py"],
+    "nemaudit/audit/saliency/pictures.py": ["tests/test_pictures_exact.py"],
     "nemaudit/audit/methods.py": ["tests/test_method_declarations_exact.py", "tests/test_spec.py",
                                   "tests/test_report_methods.py"],
     "nemaudit/audit/netdissect/__init__.py": ["tests/test_method_declarations_exact.py",
