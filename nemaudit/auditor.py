@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from nemaudit.audit.request import AuditRequest, Resolved
-from nemaudit.errors import NemauditError, NormalizeSpecError, SpecError
+from nemaudit.errors import CheckpointError, NemauditError, NormalizeSpecError, SpecError
 
 #: audit results kept in memory (hypothesis sweeps replay the same audits)
 RESULT_CACHE = 32
@@ -139,8 +139,10 @@ class Auditor:
                 self._models[key] = load_model(spec, weights=weights, normalize=normalize,
                                                device=self.device)
             except _LOADING as e:
-                field = "weights" if weights and "weights" in str(e).lower() else "model"
-                if isinstance(e, NormalizeSpecError):
+                field = "model"
+                if isinstance(e, CheckpointError):
+                    field = "weights"
+                elif isinstance(e, NormalizeSpecError):
                     field = "normalize"
                 raise RequestError(field, _message(e)) from None
         return self._models[key]

@@ -13,6 +13,11 @@ class ModelSpecError(NemauditError):
     """A model spec, checkpoint or layer name is invalid."""
 
 
+class CheckpointError(ModelSpecError):
+    """A weights file cannot be read, is no state_dict, or does not fit the model: the
+    ``weights`` setting's fault, whatever the file is called."""
+
+
 class ActivationError(NemauditError):
     """Activations are unusable (NaN/inf), naming the units and images involved."""
 

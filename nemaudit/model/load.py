@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nemaudit.errors import ModelSpecError, NormalizeSpecError, SpecError
+from nemaudit.errors import CheckpointError, ModelSpecError, NormalizeSpecError, SpecError
 from nemaudit.imports import import_target
 from nemaudit.model.bundled import BUNDLED, DEFAULT_BUNDLED, read_meta
 from nemaudit.model.device import resolve_device
@@ -259,8 +259,8 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     ``state_dict``/``model``/``model_state_dict`` entry, stripping DataParallel's ``module.``."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ModelSpecError(f"checkpoint not found: {path}" +
-                             (" (it is a directory)" if path.is_dir() else ""))
+        raise CheckpointError(f"checkpoint not found: {path}" +
+                              (" (it is a directory)" if path.is_dir() else ""))
     try:
         if path.suffix.lower() == ".safetensors":  # tensors only, by construction
             from safetensors.torch import load_file
@@ -269,7 +269,7 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # every failure must name the file
-        raise ModelSpecError(_explain_load_error(path, e)) from e
+        raise CheckpointError(_explain_load_error(path, e)) from e
     sd = _extract_state_dict(obj, path)
     for prefix in _WRAPPER_PREFIXES:
         if sd and all(k.startswith(prefix) for k in sd):
@@ -304,11 +304,11 @@ def _extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
         if not bad:
             return {str(k): v for k, v in obj.items()}
         keys = ", ".join(repr(k) for k in list(obj)[:8])
-        raise ModelSpecError(f"{path}: not a state_dict: entries {bad[:5]} are not tensors "
-                             f"(top-level keys: {keys}); expected a state_dict or a dict "
-                             "with a 'state_dict' or 'model' entry")
-    raise ModelSpecError(f"{path}: expected a state_dict (a dict of tensors), got "
-                         f"{type(obj).__name__}")
+        raise CheckpointError(f"{path}: not a state_dict: entries {bad[:5]} are not tensors "
+                              f"(top-level keys: {keys}); expected a state_dict or a dict "
+                              "with a 'state_dict' or 'model' entry")
+    raise CheckpointError(f"{path}: expected a state_dict (a dict of tensors), got "
+                          f"{type(obj).__name__}")
 
 
 def _few(keys: Sequence[str], n: int = 5) -> str:
@@ -339,9 +339,9 @@ def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor],
             parts.append(f"{len(unexpected)} unexpected key(s): {_few(unexpected)}")
         if shapes:
             parts.append(f"{len(shapes)} shape mismatch(es): {_few(shapes, 3)}")
-        raise ModelSpecError(f"{source} does not match {type(model).__name__}: "
-                             + "; ".join(parts) + ". Is this the right architecture "
-                             "(e.g. num_classes=... in the spec)?")
+        raise CheckpointError(f"{source} does not match {type(model).__name__}: "
+                              + "; ".join(parts) + ". Is this the right architecture "
+                              "(e.g. num_classes=... in the spec)?")
     model.load_state_dict(sd, strict=True)
 
 
