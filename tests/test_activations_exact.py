@@ -3,14 +3,13 @@ an empty probe and a non-convolutional layer are refused with their names."""
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
 
 from nemaudit.errors import ActivationError
 from nemaudit.explain.common.activations import check_finite, probe_loader, stream_activations
 from nemaudit.model.load import NormalizedModel
+from tests.helpers import raises_exactly
 from tests.toys import ToyNet, ToyProbe
 
 
@@ -22,7 +21,7 @@ def test_check_finite_names_units_and_images():
     msg = ("layer 'layerX': non-finite activations (NaN/inf) in unit(s) [0, 2] on probe "
            "image(s) [11, 13]; nemaudit does not drop them silently — check the model's weights "
            "and inputs")
-    with pytest.raises(ActivationError, match="^" + re.escape(msg) + "$"):
+    with raises_exactly(ActivationError, msg):
         check_finite(acts, torch.tensor([10, 11, 12, 13]), "layerX")
 
 

@@ -5,7 +5,6 @@ per-unit targets. ToyProbe(10) carries image label 6 (beach) on images 0, 3, 6, 
 from __future__ import annotations
 
 import hashlib
-import re
 
 import pytest
 import torch
@@ -26,11 +25,12 @@ from nemaudit.corrupt.base import (
 )
 from nemaudit.errors import SpecError
 from nemaudit.probe.base import ProbeBatch
+from tests.helpers import raises_exactly
 from tests.toys import ToyProbe
 
 
 def _raises(msg: str):
-    return pytest.raises(SpecError, match="^" + re.escape(msg) + "$")
+    return raises_exactly(SpecError, msg)
 
 
 def test_number_checks_messages_and_boundaries():

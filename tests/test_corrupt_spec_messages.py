@@ -3,13 +3,12 @@ valid kind), numbers with fractions, and binding a spec string to its probe."""
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from nemaudit.corrupt.noise import GaussianNoise
 from nemaudit.corrupt.spec import bound_corruption, corruption_class, parse_corruption, parse_number
 from nemaudit.errors import SpecError
+from tests.helpers import raises_exactly
 from tests.toys import ToyProbe
 
 KINDS = "gaussian, uniform, bernoulli, jpeg, pgd, fgsm, pgd-ce"
@@ -35,7 +34,7 @@ KINDS = "gaussian, uniform, bernoulli, jpeg, pgd, fgsm, pgd-ce"
      "eps='abc' is not a number (decimals, 1e-3 and fractions like 4/255 are allowed)"),
 ])
 def test_spec_errors_read_exactly(call, message):
-    with pytest.raises(SpecError, match="^" + re.escape(message) + "$"):
+    with raises_exactly(SpecError, message):
         call()
 
 

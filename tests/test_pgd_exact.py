@@ -17,6 +17,7 @@ from nemaudit.corrupt.base import derive_seed
 from nemaudit.corrupt.pgd import ConceptAttack, ConceptPGD, act_avg, attack_units
 from nemaudit.errors import SpecError
 from nemaudit.probe.base import ProbeBatch
+from tests.helpers import raises_exactly
 
 torch.set_num_threads(1)
 
@@ -280,9 +281,9 @@ def test_random_start_is_seeded_per_key_and_added_before_the_steps():
     start_int = ref_start(3, [15, 17], (3, H, H), 0.1)
     assert torch.equal(adv_int,
                        (x + ((x + start_int).clamp(0, 1) - x).clamp(-0.1, 0.1)).clamp(0, 1))
-    with pytest.raises(ValueError, match="^" + re.escape(
+    with raises_exactly(ValueError,
             "random_start=True needs one key per row (e.g. (index, unit)) so the start does "
-            "not depend on the batch") + "$"):
+            "not depend on the batch"):
         atk(x, units, s)
     # eps = 0: nothing to start from, so no keys are needed
     still = ConceptPGD(Pool(), "pool", eps=0.0, steps=1, random_start=True)(x, units, s)
@@ -325,20 +326,20 @@ def test_rows_and_range_are_checked_with_exact_messages(net):
         atk(x, torch.tensor([0, 1]), s[:1])
     with pytest.raises(ValueError, match=rows):
         atk(x, torch.tensor([0, 1]), s, s[:1])
-    with pytest.raises(ValueError, match="^" + re.escape(
-            "ConceptPGD takes images in [0, 1] (normalisation is the model wrapper's job)") + "$"):
+    with raises_exactly(ValueError,
+            "ConceptPGD takes images in [0, 1] (normalisation is the model wrapper's job)"):
         atk(x * 0.5 + 0.9, torch.tensor([0, 1]), s)
-    with pytest.raises(SpecError, match="^" + re.escape(
-            "unit 7 is out of range: layer 'conv2' has 5 units (valid: 0..4)") + "$"):
+    with raises_exactly(SpecError,
+            "unit 7 is out of range: layer 'conv2' has 5 units (valid: 0..4)"):
         atk(x, torch.tensor([0, 7]), s)
-    with pytest.raises(SpecError, match="^" + re.escape(
+    with raises_exactly(SpecError,
             "layer 'fc' outputs shape (2, 4); the concept attack needs convolutional maps "
-            "[B, units, h, w]") + "$"):
+            "[B, units, h, w]"):
         ConceptPGD(net, "fc", steps=1)(x, torch.tensor([0, 1]), s)
-    with pytest.raises(SpecError, match="^" + re.escape("eps=-1 must be >= 0") + "$"):
+    with raises_exactly(SpecError, "eps=-1 must be >= 0"):
         ConceptPGD(net, "conv2", eps=-1)
-    with pytest.raises(SpecError, match="^" + re.escape(
-            "alpha=2 must be <= 1 (pixels lie in [0, 1])") + "$"):
+    with raises_exactly(SpecError,
+            "alpha=2 must be <= 1 (pixels lie in [0, 1])"):
         ConceptPGD(net, "conv2", alpha=2)
 
 

@@ -12,7 +12,6 @@ full on it (and ``torch.quantile``).
 from __future__ import annotations
 
 import dataclasses
-import re
 
 import pytest
 import torch
@@ -29,12 +28,13 @@ from nemaudit.explain.netdissect.tally import (
     tally_pairs,
 )
 from nemaudit.probe.base import Concept, ProbeDataset, ProbeItem
+from tests.helpers import raises_exactly
 
 FIELDS = ("both", "unit_cat", "unit_pixels", "label")
 
 
 def _raises(msg: str):
-    return pytest.raises(ValueError, match="^" + re.escape(msg) + "$")
+    return raises_exactly(ValueError, msg)
 
 
 def brute_tally(maps: torch.Tensor, pix: torch.Tensor, img: torch.Tensor,

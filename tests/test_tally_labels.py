@@ -4,16 +4,14 @@ flags (−k−1) and empty label tensors pass."""
 
 from __future__ import annotations
 
-import re
-
-import pytest
 import torch
 
 from nemaudit.explain.netdissect.tally import check_label_range
+from tests.helpers import raises_exactly
 
 
 def _raises(msg: str):
-    return pytest.raises(ValueError, match="^" + re.escape(msg) + "$")
+    return raises_exactly(ValueError, msg)
 
 
 def test_pixel_labels_out_of_range_name_the_first_bad_image():
