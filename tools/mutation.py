@@ -162,6 +162,7 @@ MODULE_TESTS: dict[str, list[str]] = {
     "nemaudit/audit/request.py": ["tests/test_request_exact.py", "tests/test_front_doors.py",
                                   "tests/test_field_ranges.py"],
     "nemaudit/corrupt/torchattacks_adapter.py": ["tests/test_corrupt_pgd.py"],
+    "nemaudit/specs.py": ["tests/test_specs.py", "tests/test_corrupt_spec_messages.py"],
     "nemaudit/auditor.py": ["tests/test_auditor_exact.py", "tests/test_cli_common.py"],
     "nemaudit/audit/pictures.py": ["tests/test_pictures_exact.py"],
     "nemaudit/audit/netdissect/pictures.py": ["tests/test_pictures_exact.py"],
