@@ -193,6 +193,7 @@ MODULE_TESTS: dict[str, list[str]] = {
     ],
     "nemaudit/cli/dissect.py": ["tests/test_cli.py", "tests/test_cli_flags.py",
                                 "tests/test_cli_help.py"],
+    "nemaudit/cli/__init__.py": ["tests/test_cli_main_exact.py", "tests/test_cli_help.py"],
     "nemaudit/cli/describe.py": ["tests/test_cli_describe_exact.py", "tests/test_cli_help.py"],
     "nemaudit/cli/fool.py": ["tests/test_cli_fool_flags.py", "tests/test_cli_help.py"],
     "nemaudit/cli/radius.py": ["tests/test_cli_fool_flags.py", "tests/test_cli_help.py"],

@@ -69,7 +69,7 @@ def _process_group(args: argparse.Namespace) -> Iterator[None]:
         raise NemauditError(f"nemaudit {args.command} runs in one process; under torchrun "
                             f"use one of: {', '.join(DISTRIBUTED)}")
     group = dist.init_from_env()
-    quiet = None
+    quiet, stdout = None, sys.stdout
     if group is not None and not group.is_main:
         args.out = None  # rank 0 writes the result
         quiet = open(os.devnull, "w")  # noqa: SIM115 - closed below
@@ -81,7 +81,7 @@ def _process_group(args: argparse.Namespace) -> Iterator[None]:
         raise
     finally:
         if quiet is not None:
-            sys.stdout = sys.__stdout__
+            sys.stdout = stdout  # whatever it was (a caller's redirect, pytest's capture)
             quiet.close()
         dist.shutdown()
 
