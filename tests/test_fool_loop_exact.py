@@ -40,6 +40,13 @@ class Tiny(nn.Module):
         return self.fc(h.mean((2, 3)))
 
 
+def seq(seed: int = 0) -> nn.Sequential:
+    """The same shape as Tiny, built from modules LRP reads (its layer "2": the last conv)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+
+
 def _data(n: int, seed: int, classes: int = 3) -> LabelledImages:
     g = torch.Generator().manual_seed(seed)
     return LabelledImages(torch.rand(n, 3, 8, 8, generator=g), torch.arange(n) % classes,
@@ -70,9 +77,9 @@ def _reference(original: nn.Module, train: LabelledImages, cfg: FoolingConfig):
             idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
             x, y = train.images[idx], train.labels[idx]
             ce = F.cross_entropy(model(x), y)
-            h = heatmap(model, x, y, cfg.interpreter, create_graph=True)
-            h0 = heatmap(original, x, y, cfg.interpreter).detach()
-            lf = penalty(cfg.fooling, h, h0).mean()
+            h = heatmap(model, x, y, cfg.interpreter, layer=cfg.layer, create_graph=True)
+            h0 = heatmap(original, x, y, cfg.interpreter, layer=cfg.layer).detach()
+            lf = penalty(cfg.fooling, h, h0, signed_input_map=cfg.interpreter == "lrp").mean()
             opt.zero_grad()
             (ce + cfg.lam * lf).backward()
             opt.step()
@@ -87,11 +94,15 @@ def _same(a: dict, b: dict, atol: float = 0.0) -> bool:
     return all(torch.allclose(a[k], b[k], rtol=0, atol=atol) for k in a)
 
 
-@pytest.mark.parametrize("fooling", ["location", "topk"])
-def test_the_loop_is_adam_on_ce_plus_lambda_lf_over_the_seeded_batches(fooling):
-    original, train, held = Tiny(), _data(10, 1), _data(8, 2)
+@pytest.mark.parametrize("fooling, interpreter, layer", [
+    ("location", "simplegrad", None), ("topk", "simplegrad", None),
+    ("location", "gradcam", "2"), ("center", "lrp", None), ("location", "lrp", None)])
+def test_the_loop_is_adam_on_ce_plus_lambda_lf_over_the_seeded_batches(fooling, interpreter,
+                                                                        layer):
+    original, train, held = seq(), _data(10, 1), _data(8, 2)
     before = copy.deepcopy(original.state_dict())
-    cfg = _config(fooling=fooling)
+    cfg = _config(fooling=fooling, interpreter=interpreter, layer=layer,
+                  interval=(0.0, 0.5) if interpreter == "lrp" else None)
     run = loop.fool(original, train, held, cfg)
     means, states = _reference(original, train, cfg)
     assert [h["epoch"] for h in run.history] == [0, 1, 2]
@@ -105,8 +116,8 @@ def test_the_loop_is_adam_on_ce_plus_lambda_lf_over_the_seeded_batches(fooling):
         m = copy.deepcopy(original)
         m.load_state_dict(state)
         acc = accuracy(m, held.images, held.labels)
-        tl = measured_losses(fooling, "simplegrad", None, m, original, held.images[:6],
-                         held.labels[:6])
+        tl = measured_losses(fooling, interpreter, layer, m, original, held.images[:6],
+                             held.labels[:6], interval=cfg.interval)
         assert (h["top1"], h["top5"]) == (acc["top1"], acc["top5"])
         assert h["fsr_per_class"] == pytest.approx(tl.fsr(), abs=1e-6)
         assert h["fsr"] == pytest.approx(sum(tl.fsr()) / len(tl.fsr()), abs=1e-6)
@@ -159,6 +170,9 @@ def _run(monkeypatch, rows, **kw):
     ([(0.9, 0.1), (0.9, 0.3), (0.5, 0.2), (0.1, 0.5)], {"epochs": 3}, 3, 3),
     # a drop of exactly the budget is allowed (0.9 - 0.88 is 0.02 + 2e-17 in floats)
     ([(0.9, 0.1), (0.88, 0.3)], {"epochs": 1, "max_top1_drop": 0.02}, 1, 1),
+    # the rule's own edge: 1 - 0.499999999999 == 0.5 + 1e-12 exactly in floats
+    ([(1.0, 0.1), (0.499999999999, 0.3)], {"epochs": 1, "max_top1_drop": 0.5}, 1, 1),
+    ([(1.0, 0.1), (0.4999999999985, 0.3)], {"epochs": 1, "max_top1_drop": 0.5}, 1, 0),
     # one just over it is not, whatever its FSR
     ([(0.9, 0.1), (0.8799, 0.3)], {"epochs": 1, "max_top1_drop": 0.02}, 1, 0),
     ([(0.9, 0.1), (0.85, 0.9), (0.9, 0.2), (0.95, 0.15)],
@@ -183,6 +197,8 @@ def test_the_epoch_kept_is_the_best_fsr_within_the_top1_budget(monkeypatch, rows
      {"epochs": 4, "patience": 2, "max_top1_drop": 0.02}, 3),
     ([(0.9, 0.1), (0.9, 0.2), (0.9, 0.15), (0.9, 0.3), (0.9, 0.25)],
      {"epochs": 4, "patience": 2}, 4),
+    # an equal FSR is no improvement: it counts towards patience
+    ([(0.9, 0.5), (0.9, 0.5), (0.9, 0.5), (0.9, 0.9)], {"epochs": 3, "patience": 2}, 2),
     # stop_fsr reached within the budget stops at once (>=) ...
     ([(0.9, 0.1), (0.9, 0.5), (0.9, 0.9)], {"epochs": 2, "stop_fsr": 0.5}, 1),
     # ... but not when that epoch costs too much accuracy
@@ -271,16 +287,36 @@ def test_summed_gradients_outside_a_group_are_the_gradients():
 # --------------------------------------------------------------------------- classes, refusals
 
 def test_active_fooling_swaps_the_given_classes_on_seeded_two_class_images():
-    original, train, held = Tiny(), _data(12, 1), _data(9, 2)
-    cfg = _config(fooling="active", classes=(2, 0), epochs=1, eval_images=5)
+    original, train, held = seq(), _data(12, 1), _data(9, 2)
+    cfg = _config(fooling="active", interpreter="gradcam", layer="2", classes=(2, 0),
+                  epochs=1, eval_images=5, interval=(0.0, 0.5))
     run = loop.fool(original, train, held, cfg)
     assert run.classes == (2, 0)
     assert torch.equal(run.active_images, two_class_images(held, 2, 0, n=5, seed=4))
-    assert len(run.history[0]["fsr_per_class"]) == 2
-    named = loop.fool(original, train, held, _config(fooling="active", classes=("c", "a"),
-                                                     epochs=1, eval_images=5),
-                      class_names=["a", "b", "c"])
+    # each epoch is measured on the held-out two-class images, one FSR per class
+    for h in run.history:
+        assert len(h["fsr_per_class"]) == 2
+        assert h["fsr"] == pytest.approx(sum(h["fsr_per_class"]) / 2)
+    tl = measured_losses("active", "gradcam", "2", original, original, run.active_images,
+                         held.labels[:5], classes=(2, 0), interval=(0.0, 0.5))
+    assert run.history[0]["fsr_per_class"] == pytest.approx(tl.fsr())
+    fooled = measured_losses("active", "gradcam", "2", run.model, original, run.active_images,
+                             held.labels[:5], classes=(2, 0), interval=(0.0, 0.5))
+    assert run.best["fsr_per_class"] == pytest.approx(fooled.fsr(), abs=1e-6)
+    assert run.history[0]["fsr_per_class"] != run.history[1]["fsr_per_class"] or \
+        run.history[0]["test_loss"] != run.history[1]["test_loss"]
+    named = loop.fool(original, train, held, _config(
+        fooling="active", interpreter="gradcam", layer="2", classes=("c", "a"), epochs=1,
+        eval_images=5, interval=(0.0, 0.5)), class_names=["a", "b", "c"])
     assert named.classes == (2, 0) and named.history == run.history
+
+
+def test_active_fooling_without_classes_takes_the_commonest_two():
+    labels = torch.tensor([0, 1, 1, 2, 2, 2, 1, 2, 0, 2])  # 2: five, 1: three, 0: two
+    train = LabelledImages(_data(10, 1).images, labels, torch.arange(10))
+    run = loop.fool(Tiny(), train, _data(9, 2), _config(fooling="active", epochs=1,
+                                                         eval_images=4))
+    assert run.classes == (2, 1)
 
 
 def test_the_commonest_two_classes():
@@ -303,3 +339,91 @@ def test_refusals():
     cfg = FoolingConfig(fooling="location", interpreter="gradcam", layer=None)
     with raises_exactly(SpecError, "fooling gradcam needs its layer (layer=...)"):
         loop.fool(Tiny(), _data(4, 0), _data(4, 1), cfg)
+
+
+# --------------------------------------------------------------------------- steps, progress
+
+def test_each_step_takes_a_batch_of_each_order(monkeypatch):
+    sizes = []
+    real = loop._step_losses
+
+    def recording(model, original, config, train, fool_x, classes, idx, fidx, *rest):
+        sizes.append((idx.tolist(), fidx.tolist()))
+        return real(model, original, config, train, fool_x, classes, idx, fidx, *rest)
+
+    monkeypatch.setattr(loop, "_step_losses", recording)
+    cfg = _config(fooling="active", classes=(0, 1), epochs=2, batch_size=4)
+    loop.fool(Tiny(), _data(10, 1), _data(6, 2), cfg)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    want = []
+    for _ in range(2):
+        order, fool_order = torch.randperm(10, generator=gen), torch.randperm(10, generator=gen)
+        want += [(order[a:a + 4].tolist(), fool_order[a:a + 4].tolist()) for a in (0, 4, 8)]
+    assert sizes == want
+
+
+def test_the_progress_bar_counts_steps_and_shows_the_running_means(monkeypatch):
+    import nemaudit.progress as progress
+
+    seen: dict = {"describe": []}
+
+    class Task:
+        def advance(self, n=1):
+            seen["advanced"] = seen.get("advanced", 0) + n
+
+        def describe(self, text):
+            seen["describe"].append(text)
+
+    import contextlib
+
+    @contextlib.contextmanager
+    def task(description, total, enabled=True):
+        seen.update(description=description, total=total, enabled=enabled)
+        yield Task()
+
+    monkeypatch.setattr(progress, "progress_task", task)
+    run = loop.fool(Tiny(), _data(10, 1), _data(6, 2), _config(epochs=2), progress=True)
+    assert (seen["description"], seen["total"], seen["enabled"]) == (
+        "fooling simplegrad (location)", 6, True)
+    assert seen["advanced"] == 6 and len(seen["describe"]) == 6
+    last = seen["describe"][-1]
+    h = run.history
+    assert last == (f"fooling simplegrad (location) epoch 2: CE {h[2]['ce']:.3f} "
+                    f"L_F {h[2]['lf']:.4f} held-out top-1 {h[1]['top1']:.3f}")
+    loop.fool(Tiny(), _data(10, 1), _data(6, 2), _config(epochs=1))
+    assert seen["enabled"] is False  # off unless asked
+
+
+def test_gradients_are_summed_under_their_label(monkeypatch):
+    from nemaudit import dist
+
+    labels = []
+    monkeypatch.setattr(dist, "all_sum", lambda t, what="": labels.append(what) or t)
+    model = Tiny()
+    F.cross_entropy(model(_data(2, 0).images), torch.tensor([0, 1])).backward()
+    loop._sum_gradients(model)
+    assert labels == ["summing the gradients"]
+
+
+def test_two_ranks_fool_as_one_process(monkeypatch):
+    """Data-parallel over thread-ranks: every rank ends with the one-process weights and
+    history (the summed gradients and losses up to float order), under their labels."""
+    from nemaudit import dist
+    from tests.threaded_dist import run_ranks
+
+    train, held = _data(10, 1), _data(6, 2)
+    cfg = _config(epochs=2)
+    one = loop.fool(Tiny(), train, held, cfg)
+    labels = []
+    real = dist.all_sum
+    monkeypatch.setattr(dist, "all_sum", lambda t, what="": labels.append(what) or real(t, what))
+    runs = run_ranks(2, lambda rank: loop.fool(Tiny(), train, held, cfg), monkeypatch)
+    for r in runs:
+        assert _same(r.model.state_dict(), one.model.state_dict(), atol=1e-5)
+        for a, b in zip(r.history, one.history, strict=True):
+            assert (a["epoch"], a["top1"]) == (b["epoch"], b["top1"])
+            if a["ce"] is not None:
+                assert a["ce"] == pytest.approx(b["ce"], abs=1e-5)
+                assert a["lf"] == pytest.approx(b["lf"], abs=1e-5)
+    assert set(labels) == {"summing the gradients", "summing the fooling losses"}
+    assert labels.count("summing the gradients") == 2 * 6  # two ranks, 3 steps × 2 epochs
