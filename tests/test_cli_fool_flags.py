@@ -331,3 +331,43 @@ def test_compare_table_cells(tmp_path, capsys, monkeypatch):
     doc = json.loads(out.read_text())
     assert doc["only_in_a"] == ["t.py::gone"] and doc["only_in_b"] == ["t.py::new"]
     assert doc["regressions"] == []
+
+
+def test_radius_prints_layer_and_spec_as_text_and_needs_no_out(recorder, tmp_path, capsys,
+                                                                monkeypatch):
+    from nemaudit.audit.radius.run import RadiusResult
+
+    recorder.result = RadiusResult("[bold]layer3", {"kind": "gaussian"}, [],
+                                   {"units": 0, "max_budget": 0.5, "median": None,
+                                    "broken_rate": 0.0}, {})
+    monkeypatch.chdir(tmp_path)
+    rc = main(["radius", *BASE, "--layer", "layer3", "--corruption", "gaussian:std=0.5"])
+    assert rc == 0 and list(tmp_path.iterdir()) == []  # no --out: printed, nothing written
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("[bold]layer3 · gaussian:std=0.5: ")
+
+
+def test_radius_with_expect_passes_every_setting_and_prints_text(recorder, monkeypatch, capsys):
+    from nemaudit.audit.radius import breaking
+    from nemaudit.auditor import Auditor
+
+    calls = []
+
+    def search(auditor, req, exp, *, tolerance=None, strict=False):
+        calls.append((auditor, req))
+        return breaking.BreakingBudget(exp.text, req.layer, "gaussian", "[i]std", 0.5, 0.01,
+                                       (0.125, 0.25), True, 1,
+                                       trail=[{"budget": 0.25, "status": "[b]failed",
+                                               "measured": 0.75, "broken": True}])
+
+    monkeypatch.setattr(breaking, "smallest_breaking_budget", search)
+    rc = main(["radius", *BASE, "--layer", "[u]l4", "--corruption", "gaussian:std=0.5",
+               "--expect", "flip_rate <= 0.1", "--set", "eta=0.01", "--units", "1"])
+    assert rc == 0
+    ((auditor, req),) = calls
+    assert isinstance(auditor, Auditor)
+    assert req.corruption == "gaussian:std=0.5" and dict(req.settings) == {"eta": 0.01}
+    assert req.units == (1,)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("[u]l4 · gaussian:std=0.5: ")
+    assert lines[1] == "  [i]std=0.25: [b]failed (measured 0.75)"
