@@ -371,3 +371,67 @@ def test_radius_with_expect_passes_every_setting_and_prints_text(recorder, monke
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("[u]l4 · gaussian:std=0.5: ")
     assert lines[1] == "  [i]std=0.25: [b]failed (measured 0.75)"
+
+
+def _cells(text: str) -> list[list[list[str]]]:
+    """The body rows of the first rich table in ``text``: per row, per column, its lines."""
+    rows: list[list[list[str]]] = []
+    body = text.split("┡", 1)[1].split("└", 1)[0]
+    current: list[list[str]] | None = None
+    for line in body.splitlines()[1:]:
+        if line.startswith("├") or current is None:
+            current = None if line.startswith("├") else current
+        if line.startswith("│"):
+            parts = [p.strip() for p in line.strip("│").split("│")]
+            if current is None:
+                current = [[] for _ in parts]
+                rows.append(current)
+            for col, p in zip(current, parts, strict=True):
+                if p:
+                    col.append(p)
+        elif line.startswith("├"):
+            current = None
+    return rows
+
+
+def test_compare_cells_one_by_one(tmp_path, capsys, monkeypatch):
+    """Each cell read from its own column: a metric change is not mistaken for the measured
+    cell, the interval digits, the outcome's sides, a unit that had no concept, and no
+    "more" line when exactly --units units changed."""
+    monkeypatch.setenv("COLUMNS", "300")
+    monkeypatch.chdir(tmp_path)
+    a, b = _rec(0.2, {0, 1}), _rec(0.4, {0, 2}, "failed")
+    a["interval"] = {"lo": 0.12345, "hi": 0.98765, "n": 5}
+    b["interval"] = {"lo": 0.23456, "hi": 0.87654, "n": 5}
+    a["audit"]["metrics"] = {"flip_rate": 0.25, "units": 5}  # differs from the measured 0.2
+    b["audit"]["metrics"] = {"flip_rate": 0.5, "units": 5}
+    a["audit"]["units"][2]["clean_label"] = None
+    _report(tmp_path / "a.json", [a])
+    _report(tmp_path / "b.json", [b])
+    assert main(["compare", "a.json", "b.json", "--units", "2"]) == 0
+    text = capsys.readouterr().out
+    assert text.splitlines()[0].rstrip() == "a.json → b.json"  # the title, flush left
+    ((name, outcome, measured, moved, units),) = _cells(text)
+    assert name == ["p"] and outcome == ["passed → failed"]
+    assert measured == ["0.2 → 0.4", "[0.123, 0.988] → [0.235, 0.877]"]
+    assert moved == ["flip_rate 0.25 → 0.5"]
+    # regressions first; exactly --units units changed: no "more" line
+    assert units == ["2: — → car (now changes)", "1: car → car"]
+
+
+def test_compare_html_shows_as_many_units_as_the_flag(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _report(tmp_path / "a.json", [_rec(0.2, set())])
+    _report(tmp_path / "b.json", [_rec(0.4, {0, 1, 2, 3})])
+    for n in (1, 3):
+        assert main(["compare", "a.json", "b.json", "--units", str(n), "--html",
+                     f"c{n}.html"]) == 0
+    one, three = ((tmp_path / f"c{n}.html").read_text() for n in (1, 3))
+    assert "… 3 more" in one or "3 more" in one
+    assert "1 more" in three and one != three
+
+
+def test_a_bad_html_path_is_named_exactly(tmp_path, capsys):
+    a = _report(tmp_path / "a.json", [_rec(0.2, {0})])
+    assert main(["compare", str(a), str(a), "--html", "/dev/null/x.html"]) == 2
+    assert capsys.readouterr().err.startswith("nemaudit: error: --html '/dev/null/x.html': ")
