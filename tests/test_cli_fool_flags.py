@@ -435,3 +435,27 @@ def test_a_bad_html_path_is_named_exactly(tmp_path, capsys):
     a = _report(tmp_path / "a.json", [_rec(0.2, {0})])
     assert main(["compare", str(a), str(a), "--html", "/dev/null/x.html"]) == 2
     assert capsys.readouterr().err.startswith("nemaudit: error: --html '/dev/null/x.html': ")
+
+
+@pytest.mark.parametrize("command", [["fool"], ["saliency", "--reference", "nemaudit:x"]])
+def test_fool_and_saliency_refuse_a_bad_out_before_any_audit(command, recorder, capsys):
+    assert main([*command, *BASE, "--out", "/dev/null/x.json"]) == 2
+    assert recorder.requests == []
+    assert capsys.readouterr().err.startswith("nemaudit: error: --out '/dev/null/x.json': ")
+
+
+def test_the_transfer_line_prints_interpreter_names_as_text(recorder, capsys):
+    r = fooling_result()
+    r.meta["interpreters"] = ["gradcam", "[i]x"]
+    r.metrics["fsr_[i]x"] = 0.125
+    recorder.result = r
+    assert main(["fool", *BASE]) == 0
+    assert "FSR by interpreter (transfer): gradcam 0.500, [i]x 0.125" in capsys.readouterr().out
+
+
+def test_saliency_without_out_writes_nothing(recorder, tmp_path, capsys, monkeypatch):
+    recorder.result = SaliencyResult("layer4", {"kind": "model"}, [], {"changed": 0, "units": 0},
+                                     {"interpreters": ["gradcam"], "spearman_threshold": 0.5})
+    monkeypatch.chdir(tmp_path)
+    assert main(["saliency", *BASE, "--reference", "nemaudit:conceptnet"]) == 0
+    assert list(tmp_path.iterdir()) == [] and "wrote" not in capsys.readouterr().out
