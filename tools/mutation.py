@@ -200,6 +200,8 @@ MODULE_TESTS: dict[str, list[str]] = {
     "nemaudit/cli/compare.py": ["tests/test_cli_fool_flags.py", "tests/test_compare.py",
                                 "tests/test_cli_help.py"],
     "nemaudit/report/compare.py": ["tests/test_compare_exact.py", "tests/test_compare.py"],
+    "nemaudit/report/netdissect_html.py": ["tests/test_netdissect_html_exact.py",
+                                           "tests/test_report_escaping.py"],
     "nemaudit/report/html.py": [
         "tests/test_html_exact.py",
         "tests/test_report_escaping.py",
