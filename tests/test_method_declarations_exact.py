@@ -289,3 +289,19 @@ def test_a_bad_weights_path_is_refused_before_writing(tmp_path):
         save_fooled(run, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
+
+
+def test_network_dissection_hands_its_work_to_its_modules(nd, monkeypatch):
+    from nemaudit.audit.netdissect import pictures
+    from nemaudit.audit.netdissect import run as nd_run
+    from nemaudit.report import netdissect_html
+
+    monkeypatch.setattr(nd_run, "run_request", lambda req, res: ("ran", req, res))
+    monkeypatch.setattr(pictures, "report_payload",
+                        lambda result, max_units, k: ("payload", result, max_units, k))
+    monkeypatch.setattr(netdissect_html, "netdissect_section",
+                        lambda p, i, interactive, limit: ("html", p, i, interactive, limit))
+    assert nd.run("q", "r") == ("ran", "q", "r")
+    assert nd.payload("res", max_units=5, k=2) == ("payload", "res", 5, 2)
+    assert nd.section({"a": 1}, 3, False, 9) == ("html", {"a": 1}, 3, False, 9)
+    assert nd.section({}, 0, True) == ("html", {}, 0, True, None)
