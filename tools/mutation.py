@@ -202,6 +202,10 @@ MODULE_TESTS: dict[str, list[str]] = {
     "nemaudit/report/compare.py": ["tests/test_compare_exact.py", "tests/test_compare.py"],
     "nemaudit/report/netdissect_html.py": ["tests/test_netdissect_html_exact.py",
                                            "tests/test_report_escaping.py"],
+    "nemaudit/report/milan_html.py": ["tests/test_method_html_views_exact.py",
+                                      "tests/test_report_escaping.py"],
+    "nemaudit/report/saliency_html.py": ["tests/test_method_html_views_exact.py",
+                                         "tests/test_report_escaping.py"],
     "nemaudit/report/html.py": [
         "tests/test_html_exact.py",
         "tests/test_report_escaping.py",
