@@ -274,6 +274,11 @@ def test_a_fooled_model_is_saved_with_its_sidecar(tmp_path, monkeypatch):
                    "metrics": {"epoch": 1, "fsr": 0.5}, "history": run.history,
                    "classes": [1, 0], "provenance": {"model": "m"}}
     assert side.read_text().endswith("}\n") and side.read_text().startswith('{\n  "schema"')
+    # what JSON cannot hold (a path in the provenance) is written as its text
+    from pathlib import Path
+
+    _, side3 = save_fooled(run, tmp_path / "c.pt", {"weights": Path("w.pt")})
+    assert json.loads(side3.read_text())["provenance"] == {"weights": "w.pt"}
     run.classes = None
     _, side2 = save_fooled(run, tmp_path / "b.pt")
     doc2 = json.loads(side2.read_text())
