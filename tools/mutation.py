@@ -206,6 +206,8 @@ MODULE_TESTS: dict[str, list[str]] = {
                                       "tests/test_report_escaping.py"],
     "nemaudit/report/saliency_html.py": ["tests/test_method_html_views_exact.py",
                                          "tests/test_report_escaping.py"],
+    "nemaudit/report/compare_html.py": ["tests/test_compare_view_exact.py",
+                                        "tests/test_compare_html.py"],
     "nemaudit/report/html.py": [
         "tests/test_html_exact.py",
         "tests/test_report_escaping.py",
