@@ -309,4 +309,4 @@ def _concept(row: Mapping[str, Any], side: str) -> Text:
     label, cat = row.get(f"{side}_label"), row.get(f"{side}_category")
     if not label:
         return Text("—", style="dim")
-    return Text.assemble(str(label), (f" {cat}", "dim"))
+    return Text.assemble(str(label), (f" {cat}", "dim")) if cat else Text(str(label))
