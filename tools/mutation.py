@@ -208,6 +208,7 @@ MODULE_TESTS: dict[str, list[str]] = {
                                          "tests/test_report_escaping.py"],
     "nemaudit/report/compare_html.py": ["tests/test_compare_view_exact.py",
                                         "tests/test_compare_html.py"],
+    "nemaudit/report/json_report.py": ["tests/test_json_report_exact.py", "tests/test_report.py"],
     "nemaudit/report/terminal.py": ["tests/test_terminal_exact.py", "tests/test_report_terminal.py"],
     "nemaudit/report/html.py": [
         "tests/test_html_exact.py",
