@@ -12,12 +12,15 @@ from nemaudit.audit.request import AuditRequest
 from nemaudit.auditor import Auditor
 from nemaudit.cli import main
 from nemaudit.explain.milan.exemplars import ExemplarConfig, compute_exemplars
+from tests.helpers import table_cells
 from tests.toys import BrightnessDescriber
 
 MODEL, PROBE = "tests.toys:ToyNet", "python:tests.toys:ToyProbe(n=24)"
 BASE = ["--model", MODEL, "--probe", PROBE, "--layer", "layer2", "--normalize", "none",
         "--quiet", "--batch-size", "24"]
 DESCRIBER = "python:tests.test_cli_describe_exact:Candid()"
+#: layer1, not the model's default layer: a request that lost its layer would show
+L1 = [a if a != "layer2" else "layer1" for a in BASE]
 
 
 class Candid(BrightnessDescriber):
@@ -37,13 +40,14 @@ def _exemplars(units, k, eta):
     return cfg, compute_exemplars(r.model, r.layer, r.probe, cfg, units=units, device="cpu")
 
 
-def test_the_document_is_the_library_run_by_hand(tmp_path, capsys):
+def test_the_document_is_the_library_run_by_hand(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
     out = tmp_path / "d.json"
-    rc = main(["describe", *BASE, "--describer", DESCRIBER, "--units", "2,0,5", "--k", "3",
+    rc = main(["describe", *BASE, "--describer", DESCRIBER, "--units", "2,0,5", "--k", "6",
                "--eta", "0.02", "--candidates", "2", "--show", "2", "--out", str(out)])
     assert rc == 0
     doc = json.loads(out.read_text())
-    cfg, ex = _exemplars([2, 0, 5], 3, 0.02)
+    cfg, ex = _exemplars([2, 0, 5], 6, 0.02)
     words = Candid().describe(ex)
     assert doc == {
         "schema": "nemaudit.describe-run/1", "model": MODEL, "probe": PROBE,
@@ -54,24 +58,23 @@ def test_the_document_is_the_library_run_by_hand(tmp_path, capsys):
              "candidates": [{"text": f"{words[r]} #{j}", "log_p_caption": -1.0 - j,
                              "log_p_lm": -2.0 * j} for j in range(2)]}
             for r, u in enumerate([2, 0, 5])]}]}
-    assert cfg.as_dict()["k"] == 3 and cfg.as_dict()["eta"] == 0.02
+    assert cfg.as_dict()["k"] == 6 and cfg.as_dict()["eta"] == 0.02
+    assert len(doc["layers"][0]["units"][0]["exemplars"]) == 6  # the table shows the first 5
     text = capsys.readouterr().out
     assert "layer2: MILAN descriptions (3 units)" in text
-    for col in ("unit", "description", "top exemplars"):
-        assert col in text
-    lines = text.splitlines()
-    shown = [ln for ln in lines if ln.startswith("│ ") and "#" not in ln]
-    assert [ln.split("│")[1].strip() for ln in shown] == ["2", "0"]  # --show 2 of 3 units
-    # two candidate lines under each of the 2 rows shown (--candidates 2 of 3)
-    assert any(f"  {words[0]} #0" in ln for ln in lines)  # indented under its row
-    assert sum(" #0" in ln for ln in lines) == 2 and sum(" #1" in ln for ln in lines) == 2
-    assert not any(" #2" in ln for ln in lines)
-    top = ",".join(map(str, ex.indices[0].tolist()[:5]))
-    assert any(top in ln for ln in shown[:1])
+    header = next(ln for ln in text.splitlines() if ln.startswith("┃"))
+    assert [h.strip() for h in header.strip("┃").split("┃")] == ["unit", "description",
+                                                                 "top exemplars"]
+    # --show 2 of 3 units; under each description its 2 first candidates (--candidates 2)
+    assert table_cells(text) == [
+        [[str(u)], [words[r], f"{words[r]} #0", f"{words[r]} #1"],
+         [",".join(map(str, ex.indices[r].tolist()[:5]))]] for r, u in enumerate([2, 0])]
+    assert f"  {words[0]} #0" in text  # the candidates indented
     assert f"wrote {out}" in " ".join(text.split())
 
 
-def test_defaults_and_no_candidates(tmp_path, capsys):
+def test_defaults_and_no_candidates(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
     out = tmp_path / "d.json"
     assert main(["describe", *BASE, "--describer", DESCRIBER, "--units", "1",
                  "--out", str(out)]) == 0
@@ -81,17 +84,20 @@ def test_defaults_and_no_candidates(tmp_path, capsys):
     assert doc["layers"][0]["settings"] == cfg.as_dict()
     assert row == {"unit": 1, "description": Candid().describe(ex)[0],
                    "exemplars": ex.indices[0].tolist(), "threshold": float(ex.thresholds[0])}
-    assert "#0" not in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert table_cells(text) == [[["1"], [row["description"]],
+                                  [",".join(map(str, row["exemplars"][:5]))]]]
     # no --out: printed, nothing written, exit 0
     assert main(["describe", *BASE, "--describer", DESCRIBER, "--units", "1"]) == 0
     assert "wrote" not in capsys.readouterr().out
 
 
-def test_an_audit_runs_under_each_corruption_with_its_settings(tmp_path, capsys):
+def test_an_audit_runs_under_each_corruption_with_its_settings(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
     out = tmp_path / "d.json"
-    rc = main(["describe", *BASE, "--describer", "python:tests.toys:BrightnessDescriber()",
+    rc = main(["describe", *L1, "--describer", "python:tests.test_cli_describe_exact:Bracketed()",
                "--units", "0,3", "--k", "3", "--corruption", "gaussian:std=0.3",
-               "--corruption", "pgd:eps=2/255,steps=1", "--threshold", "0.7",
+               "--corruption", "pgd:eps=2/255,steps=1", "--threshold", "0.95",
                "--attack-images", "2", "--max-units", "1", "--show", "5", "--out", str(out)])
     assert rc == 0
     doc = json.loads(out.read_text())
@@ -99,16 +105,30 @@ def test_an_audit_runs_under_each_corruption_with_its_settings(tmp_path, capsys)
     assert [a["corruption"]["kind"] for a in doc["audits"]] == ["gaussian", "pgd"]
     assert doc["audits"][0]["corruption"]["std"] == 0.3
     for a in doc["audits"]:
-        assert a["method"] == "milan" and a["layer"] == "layer2"
-        assert a["metrics"]["threshold"] == 0.7 and a["metrics"]["units"] == 2
+        assert a["method"] == "milan" and a["layer"] == "layer1"
+        assert a["metrics"]["threshold"] == 0.95 and a["metrics"]["units"] == 2
         assert [r["unit"] for r in a["units"]] == [0, 3]
         assert a["meta"]["settings"]["k"] == 3
     pgd = doc["audits"][1]["meta"]["settings"]
     assert pgd["attack_images"] == 2 and pgd["max_units"] == 1
-    text = " ".join(capsys.readouterr().out.split())
+    raw = capsys.readouterr().out
+    # each audit's diff lines, indented and as text, as the library's result gives them
+    auditor = Auditor("cpu", batch_size=24)
+    lines = []
+    for spec in specs:
+        req = AuditRequest.build("milan", model=MODEL, probe=PROBE, layer="layer1",
+                                 normalize="none", units=[0, 3], exemplars=3,
+                                 describer="python:tests.test_cli_describe_exact:Bracketed()",
+                                 corruption=spec, f1_threshold=0.95, attack_images=2,
+                                 max_units=1)
+        lines += auditor.run(req).diff_lines(5)
+    assert lines and any("[b]" in ln for ln in lines)
+    for ln in lines:
+        assert "\n  " + ln + "\n" in raw
+    text = " ".join(raw.split())
     for a, spec in zip(doc["audits"], specs, strict=True):
         m = a["metrics"]
-        assert (f"layer2 · {spec}: manipulated {m['changed']}/{m['units']} "
+        assert (f"layer1 · {spec}: manipulated {m['changed']}/{m['units']} "
                 f"({m['manipulated_rate']:.1%}) at F1-BERT ≤ {m['threshold']:.3f}; F1 mean "
                 f"{m['f1_mean']:.3f} ± {m['f1_std']:.3f}") in text
 
@@ -119,19 +139,61 @@ def test_an_audit_runs_under_each_corruption_with_its_settings(tmp_path, capsys)
 ])
 def test_refusals_exit_2_with_the_message(argv, message, capsys):
     assert main(["describe", *BASE, *argv]) == 2
-    err = capsys.readouterr().err
-    assert message in " ".join(err.split()) and "Traceback" not in err
+    assert capsys.readouterr().err == f"nemaudit: error: {message}\n"
+
+
+def test_a_bad_out_is_refused_before_any_exemplar(monkeypatch, capsys):
+    import nemaudit.explain.milan.exemplars as exemplars
+
+    monkeypatch.setattr(exemplars, "compute_exemplars", lambda *a, **k: pytest.fail("ran"))
+    assert main(["describe", *BASE, "--describer", DESCRIBER, "--out", "/dev/null/x.json"]) == 2
+    assert capsys.readouterr().err.startswith("nemaudit: error: --out '/dev/null/x.json': ")
+
+
+def test_exemplars_get_the_device_progress_and_every_unit(monkeypatch, capsys):
+    import nemaudit.explain.milan.exemplars as exemplars
+
+    seen = []
+    real = exemplars.compute_exemplars
+
+    def recording(model, layer, probe, cfg, **kw):
+        seen.append(kw)
+        return real(model, layer, probe, cfg, **kw)
+
+    monkeypatch.setattr(exemplars, "compute_exemplars", recording)
+    base = [a for a in BASE if a != "--quiet"]
+    assert main(["describe", *base, "--describer", DESCRIBER, "--k", "2"]) == 0
+    assert main(["describe", *base, "--quiet", "--describer", DESCRIBER, "--k", "2"]) == 0
+    import torch
+
+    assert [(k["units"], k["device"], k["progress"]) for k in seen] == [
+        (None, torch.device("cpu"), True), (None, torch.device("cpu"), False)]
+    assert "(16 units)" in capsys.readouterr().out  # every unit of layer2 when none is named
+
+
+class Bracketed(BrightnessDescriber):
+    """Words with rich markup in them: printed as text."""
+
+    def describe(self, exemplars) -> list[str]:
+        return [f"[b]{w}" for w in super().describe(exemplars)]
 
 
 def test_milan_weights_flag_is_the_milan_describer(tmp_path):
+    import shutil
+
     from nemaudit.explain.milan.describer import DEFAULT_WEIGHTS
 
+    # a copy of the bundled weights whose metadata says it is the copy
+    weights = tmp_path / "copy.pt"
+    shutil.copy(DEFAULT_WEIGHTS, weights)
+    meta = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())
+    weights.with_suffix(".json").write_text(json.dumps({**meta, "name": "the copy"}))
     docs = []
-    for flag in (["--milan", str(DEFAULT_WEIGHTS)], ["--describer", f"milan:{DEFAULT_WEIGHTS}"]):
+    for flag in (["--milan", str(weights)], ["--describer", f"milan:{weights}"]):
         out = tmp_path / "d.json"
         assert main(["describe", *BASE, *flag, "--units", "3", "--k", "2", "--beam-size", "2",
                      "--lam", "0.5", "--out", str(out)]) == 0
         docs.append(json.loads(out.read_text()))
-    assert docs[0] == docs[1]
+    assert docs[0] == docs[1] and docs[0]["describer"]["name"] == "the copy"
     settings = docs[0]["describer"]["settings"]
     assert settings["beam_size"] == 2 and settings["lam"] == 0.5

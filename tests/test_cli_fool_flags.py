@@ -10,6 +10,7 @@ import pytest
 
 from nemaudit.audit.saliency.run import FoolingResult, SaliencyResult
 from nemaudit.cli import main
+from tests.helpers import table_cells
 
 BASE = ["--probe", "synthetic:n=8,seed=0", "--quiet", "--no-cache", "--device", "cpu"]
 
@@ -373,27 +374,6 @@ def test_radius_with_expect_passes_every_setting_and_prints_text(recorder, monke
     assert lines[1] == "  [i]std=0.25: [b]failed (measured 0.75)"
 
 
-def _cells(text: str) -> list[list[list[str]]]:
-    """The body rows of the first rich table in ``text``: per row, per column, its lines."""
-    rows: list[list[list[str]]] = []
-    body = text.split("┡", 1)[1].split("└", 1)[0]
-    current: list[list[str]] | None = None
-    for line in body.splitlines()[1:]:
-        if line.startswith("├") or current is None:
-            current = None if line.startswith("├") else current
-        if line.startswith("│"):
-            parts = [p.strip() for p in line.strip("│").split("│")]
-            if current is None:
-                current = [[] for _ in parts]
-                rows.append(current)
-            for col, p in zip(current, parts, strict=True):
-                if p:
-                    col.append(p)
-        elif line.startswith("├"):
-            current = None
-    return rows
-
-
 def test_compare_cells_one_by_one(tmp_path, capsys, monkeypatch):
     """Each cell read from its own column: a metric change is not mistaken for the measured
     cell, the interval digits, the outcome's sides, a unit that had no concept, and no
@@ -411,7 +391,7 @@ def test_compare_cells_one_by_one(tmp_path, capsys, monkeypatch):
     assert main(["compare", "a.json", "b.json", "--units", "2"]) == 0
     text = capsys.readouterr().out
     assert text.splitlines()[0].rstrip() == "a.json → b.json"  # the title, flush left
-    ((name, outcome, measured, moved, units),) = _cells(text)
+    ((name, outcome, measured, moved, units),) = table_cells(text)
     assert name == ["p"] and outcome == ["passed → failed"]
     assert measured == ["0.2 → 0.4", "[0.123, 0.988] → [0.235, 0.877]"]
     assert moved == ["flip_rate 0.25 → 0.5"]
