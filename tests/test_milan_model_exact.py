@@ -63,6 +63,9 @@ def test_vocabulary_ids_start_with_the_specials_then_words_in_order():
     with raises_exactly(ValueError, "a MILAN vocabulary starts with ('<pad>', '<bos>', "
                                     "'<eos>', '<unk>'), got ['sky', 'red']"):
         Vocabulary.from_json(["sky", "red"])
+    with raises_exactly(ValueError, "a MILAN vocabulary starts with ('<pad>', '<bos>', "
+                                    "'<eos>', '<unk>'), got ['a', 'b', 'c', 'd']"):
+        Vocabulary.from_json(["a", "b", "c", "d", "e", "f"])
 
 
 @pytest.mark.parametrize("text, tokens", [
@@ -93,6 +96,7 @@ def test_encode_decode_and_padding():
         [1, 4, 5], [1, 5, 2]]
     assert v.encode_batch(["red"], length=4).tolist() == [[4, 2, 0, 0]]
     assert v.encode_batch([]).shape == (0, 0)
+    assert v.encode_batch(["red sky", "sky"], eos=False).tolist() == [[4, 5], [5, 0]]
     assert v.decode([1, 4, 3, 0, 5, 2, 4]) == "red sky"  # specials skipped, stop at <eos>
     assert v.decode(torch.tensor([5, 4])) == "sky red"
     assert v.decode([]) == ""
@@ -113,20 +117,29 @@ def test_pooling_is_the_mask_weighted_average_at_each_level():
     coarse = torch.arange(4.0).reshape(1, 1, 2, 2)
     assert pool_pyramid([f, coarse], mask).tolist() == [[1.0, 5.0, 1.0]]
     assert pool_pyramid([f], mask.bool()).tolist() == [[1.0, 5.0]]
+    # masses in two cells: the block (0, 1) weighs 1, one pixel of block (1, 0) a quarter
+    # (bilinear, half-pixel centres: align_corners=False), normalised to 0.8 and 0.2
+    two = mask.clone()
+    two[0, 2, 0] = 1.0
+    assert pool_pyramid([coarse], two).tolist() == [[pytest.approx(0.8 * 1 + 0.2 * 2)]]
+    # a level where the mask's mass is below 1 is normalised all the same
+    one = torch.zeros(1, 4, 4)
+    one[0, 3, 3] = 1.0
+    assert pool_pyramid([coarse], one).tolist() == [[3.0]]
 
 
 def test_grouped_pooling_is_pooling_with_each_images_maps_repeated():
     torch.manual_seed(0)
-    maps = [torch.rand(3, 2, 4, 4), torch.rand(3, 3, 2, 2)]
-    counts = [2, 0, 3]
-    masks = (torch.rand(5, 8, 8) > 0.6).float()
+    maps = [torch.rand(4, 2, 4, 4), torch.rand(4, 3, 2, 2)]
+    counts = [2, 0, 1, 3]
+    masks = (torch.rand(6, 8, 8) > 0.6).float()
     masks[1] = 0.0  # an empty mask among them
     rep = [torch.repeat_interleave(f, torch.tensor(counts), dim=0) for f in maps]
     got = pool_grouped(maps, masks, counts)
-    assert got.shape == (5, 5)
+    assert got.shape == (6, 5)
     assert torch.allclose(got, pool_pyramid(rep, masks), atol=1e-6)
     assert got[1].abs().sum() == 0
-    none = pool_grouped(maps, masks[:0], [0, 0, 0])
+    none = pool_grouped(maps, masks[:0], [0, 0, 0, 0])
     assert none.shape == (0, 5)
 
 
@@ -140,8 +153,10 @@ def encoder():
     return PyramidEncoder(ToyNet(), LAYERS, probe_size=16)
 
 
-def test_the_encoder_is_a_frozen_copy_with_the_levels_sizes(encoder):
+def test_the_encoder_is_a_frozen_copy_with_the_levels_sizes():
     net = ToyNet()
+    encoder = PyramidEncoder(net, LAYERS, probe_size=16)
+    assert encoder.net is not net and encoder.net.conv1 is not net.conv1
     assert encoder.sizes == (8, 8, 16) and encoder.feature_size == 32
     assert encoder.layers == LAYERS
     assert not any(p.requires_grad for p in encoder.parameters())
@@ -272,3 +287,15 @@ def test_captioner_modules_layout():
     assert cap.lstm.input_size == 4 + 5 and cap.lstm.hidden_size == 6
     assert cap.output.out_features == 9 and cap.embedding.num_embeddings == 9
     assert cap.dropout.p == 0.1
+
+
+def test_the_model_defaults_are_milans_settings():
+    """The modules' own defaults agree with MilanSettings (one set of MILAN sizes)."""
+    s = MilanSettings()
+    cap = Captioner(10, 5)
+    assert (cap.embedding.embedding_dim, cap.hidden_size, cap.dropout.p) == (
+        s.embedding_size, s.hidden_size, s.dropout)
+    lm = LanguageModel(10)
+    assert (lm.embedding.embedding_dim, lm.lstm.hidden_size, lm.lstm.num_layers,
+            lm.lstm.dropout) == (s.lm_embedding_size, s.lm_hidden_size, s.lm_layers,
+                                 s.lm_dropout)
