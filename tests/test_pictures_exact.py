@@ -179,6 +179,76 @@ def test_a_units_pictures_are_its_top_images_clean_and_corrupted(noise):
         assert g["linf"] > 0
 
 
+def _decoded_pairs(got):
+    return [(_decode(g["clean"])[1], _decode(g["corrupted"])[1]) for g in got["images"]]
+
+
+@pytest.mark.parametrize("spec", ["pgd:eps=8/255,steps=2", "pgd:eps=8/255,steps=2,targeted=true,target=disc"])
+def test_per_unit_attack_pictures_replay_the_units_own_attack(spec):
+    model, probe = NormalizedModel(ToyNet(), "none"), ToyProbe(24)
+    cfg = AuditConfig(dissect=DissectConfig(eta=0.02, batch_size=8), max_units=3)
+    result = audit(model, "layer2", probe, spec, cfg)
+    row = next(r for r in result.rows if r["changed"] and r.get("target"))
+    unit = row["unit"]
+    got = nd_pictures.unit_exemplars(result, unit, k=2)
+    corruption = result.context["corruption"]
+    assert corruption.shared is False
+    sub = collate([probe[g["index"]] for g in got["images"]])
+    src, tgt = probe.concept_id(row["clean_label"]), probe.concept_id(row["target"])
+    res = corruption.attack_units(model, "layer2", sub, [unit], [src],
+                                  None if corruption.targeted else {unit: tgt})
+    bad = res.images[0]
+    with torch.no_grad(), LayerRecorder(model, ["layer2"]) as rec:
+        rec.run(sub.images)
+        clean_acts = rec["layer2"][:, unit].float()
+        rec.run(bad)
+        bad_acts = rec["layer2"][:, unit].float()
+    t_clean = float(result.clean.thresholds[unit])
+    t_bad = float(result.corrupted.thresholds[unit])
+    for j, (clean_png, bad_png) in enumerate(_decoded_pairs(got)):
+        cm = upsample(clean_acts[j][None], tuple(probe.seg_size))[0] > t_clean
+        bm = upsample(bad_acts[j][None], tuple(probe.seg_size))[0] > t_bad
+        assert np.array_equal(clean_png, overlay(sub.images[j], cm))
+        assert np.array_equal(bad_png, overlay(bad[j], bm))
+        assert got["images"][j]["linf"] == pytest.approx(float((bad[j] - sub.images[j])
+                                                               .abs().max()))
+    assert 0 < max(g["linf"] for g in got["images"]) <= 8 / 255 + 1e-6
+    # the attack of another unit, or of this unit towards nothing, draws other pictures
+    other = corruption.attack_units(model, "layer2", sub, [unit], [src],
+                                    None if corruption.targeted else {unit: src})
+    assert not torch.equal(other.images[0], bad) or corruption.targeted
+
+
+def test_a_model_based_shared_corruption_is_replayed_with_the_model():
+    model, probe = NormalizedModel(ToyNet(), "none"), ToyProbe(24)
+    result = audit(model, "layer2", probe, "fgsm:eps=8/255", CFG)
+    unit = next(r["unit"] for r in result.rows if r["changed"])
+    got = nd_pictures.unit_exemplars(result, unit, k=2, scale=2)
+    sub = collate([probe[g["index"]] for g in got["images"]])
+    bad = result.context["corruption"](sub, model)
+    with torch.no_grad(), LayerRecorder(model, ["layer2"]) as rec:
+        rec.run(bad)
+        bad_acts = rec["layer2"][:, unit].float()
+    t_bad = float(result.corrupted.thresholds[unit])
+    for j, (clean_png, bad_png) in enumerate(_decoded_pairs(got)):
+        bm = upsample(bad_acts[j][None], tuple(probe.seg_size))[0] > t_bad
+        assert np.array_equal(bad_png, overlay(bad[j], bm, scale=2))
+        assert clean_png.shape[:2] == (2 * sub.images.shape[-2], 2 * sub.images.shape[-1])
+
+
+def test_the_payloads_defaults(noise, monkeypatch):
+    _, _, result = noise
+    calls = []
+    real = nd_pictures.unit_exemplars
+    monkeypatch.setattr(nd_pictures, "unit_exemplars",
+                        lambda res, unit, k: calls.append((res, k)) or real(res, unit, k))
+    doc = nd_pictures.report_payload(result)
+    assert len(doc["exemplars"]) == 6 and all(r is result and k == 4 for r, k in calls)
+    assert max(len(e["images"]) for e in doc["exemplars"]) == 4  # k = 4 by default
+    unit = next(e["unit"] for e in doc["exemplars"] if len(e["images"]) == 4)
+    assert len(real(result, unit)["images"]) == 4
+
+
 def test_no_pictures_without_the_audits_context_or_candidates(noise):
     _, _, result = noise
     import copy
@@ -186,6 +256,9 @@ def test_no_pictures_without_the_audits_context_or_candidates(noise):
     bare = copy.copy(result)
     bare.context = None
     assert nd_pictures.unit_exemplars(bare, 0) == {"unit": 0, "images": []}
+    no_probe = copy.copy(result)
+    no_probe.context = {**result.context, "probe": None}
+    assert nd_pictures.unit_exemplars(no_probe, 0) == {"unit": 0, "images": []}
     none = copy.copy(result)
     none.clean = copy.copy(result.clean)
     none.clean.state = None
