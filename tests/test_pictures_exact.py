@@ -98,6 +98,32 @@ def test_heat_overlay_blends_the_ramp_over_the_image(heat, colour):
     assert np.array_equal(out, np.round(0.55 * want * 255).astype(np.uint8))
 
 
+def test_heat_overlay_scales_by_the_largest_magnitude_and_clamps_the_image():
+    image = torch.zeros(3, 2, 2)
+    top = np.round(0.55 * RAMP[4] * 255).astype(np.uint8)
+    assert (heat_overlay(image, torch.full((2, 2), 0.5)) == top).all()
+    # scaled by max |value| (2 here): 1 → 0.5, the ramp's middle
+    assert (heat_overlay(image, torch.tensor([[-2.0, 1.0], [1.0, 1.0]]))[0, 1] ==
+            np.round(0.55 * RAMP[2] * 255).astype(np.uint8)).all()
+    zeros = torch.zeros(2, 2)
+    assert np.array_equal(heat_overlay(torch.full((3, 2, 2), 2.0), zeros),
+                          heat_overlay(torch.ones(3, 2, 2), zeros))
+    assert np.array_equal(heat_overlay(torch.full((3, 2, 2), -1.0), zeros),
+                          heat_overlay(torch.zeros(3, 2, 2), zeros))
+    two = heat_overlay(torch.rand(3, 2, 2), torch.rand(2, 2), scale=2)
+    assert two.shape == (4, 4, 3) and np.array_equal(two[::2, ::2], two[1::2, 1::2])
+
+
+def test_mask_overlay_thresholds_soft_masks_and_clamps():
+    image = torch.full((3, 3, 3), 0.5)
+    assert np.array_equal(overlay(image, torch.full((3, 3), 0.3)),
+                          overlay(image, torch.zeros(3, 3)))
+    assert np.array_equal(overlay(image, torch.full((3, 3), 0.7)),
+                          overlay(image, torch.ones(3, 3)))
+    assert np.array_equal(overlay(torch.full((3, 2, 2), -1.0), torch.zeros(2, 2)),
+                          overlay(torch.zeros(3, 2, 2), torch.zeros(2, 2)))
+
+
 def test_heat_overlay_mixes_with_the_image_resizes_and_scales():
     image = torch.full((3, 4, 4), 1.0)
     out = heat_overlay(image, torch.zeros(2, 2), alpha=0.25)
@@ -346,7 +372,9 @@ def test_milan_pictures_need_both_sides_and_rows():
     half = _MilanResult(ROWS)
     half.corrupted = None
     assert "exemplars" not in milan_payload(half)
-    assert len(milan_payload(_MilanResult(ROWS))["exemplars"]) == 4  # the default max_units
+    six = ROWS + [{"unit": 14, "manipulated": False, "f1": 0.5},
+                  {"unit": 15, "manipulated": False, "f1": 0.6}]
+    assert len(milan_payload(_MilanResult(six))["exemplars"]) == 4  # the default max_units
     assert len(milan_payload(_MilanResult(ROWS))["exemplars"][0]["clean"]) == 3  # default k
 
 
