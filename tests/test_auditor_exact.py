@@ -5,6 +5,7 @@ resolution failure names, the resolvers' caches, provenance and labels."""
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -266,3 +267,124 @@ def test_a_bad_checkpoint_is_the_weights_fault_whatever_its_name(tmp_path, name)
     with pytest.raises(RequestError) as e:
         a.model("tests.toys:NoSuchNet", weights=str(tmp_path / name))
     assert e.value.field == "model"  # the model fails first
+
+
+# --------------------------------------------------------------------------- more of the door
+
+def test_a_loaders_key_error_reads_as_its_key(monkeypatch):
+    import nemaudit.model as model_pkg
+
+    def load(*a, **k):
+        raise KeyError("no such entry")
+
+    monkeypatch.setattr(model_pkg, "load_model", load)
+    with pytest.raises(RequestError) as e:
+        Auditor("cpu").model("tests.toys:ToyNet")
+    assert str(e.value) == "no such entry" and e.value.field == "model"
+
+
+def test_the_model_cache_tells_weights_apart(tmp_path):
+    a = Auditor("cpu")
+    path = tmp_path / "w.pt"
+    torch.save(ToyNet(seed=3).state_dict(), path)
+    plain, loaded = a.model(MODEL), a.model(MODEL, weights=str(path))
+    assert plain is not loaded and a.model(MODEL, weights=str(path)) is loaded
+    assert not torch.equal(plain.model.conv1[0].weight, loaded.model.conv1[0].weight)
+
+
+def test_a_describer_object_is_used_as_it_is():
+    from tests.toys import BrightnessDescriber
+
+    d = BrightnessDescriber()
+    assert Auditor("cpu").describer(d) is d
+
+
+class Quiet(Echo):
+    """Compares models, not probes: no corruption needed; records what it preloaded."""
+
+    name = "quiet"
+    needs_corruption = False
+    preloaded: list = []
+
+    def preload(self, request, resolve):
+        Quiet.preloaded.append(resolve("probe", request.probe))
+
+
+def test_a_method_without_corruption_and_what_it_preloads(echo, monkeypatch):
+    monkeypatch.setitem(methods.METHODS, "quiet", "tests.test_auditor_exact:Quiet")
+    Quiet.preloaded = []
+    a = Auditor("cpu", seed=4)
+    r = a.run(_req("quiet", corruption=None))
+    assert r.rows == [None] and r.resolved.corruption is None
+    assert Quiet.preloaded == [a.probe(PROBE)]
+    # a corruption it is given is still resolved (seeded)
+    assert a.run(_req("quiet")).rows == ["gaussian:std=0.1,seed=4"]
+    # a method that needs one refuses a request without it
+    with pytest.raises(RequestError) as e:
+        a.run(_req("echo", corruption=None))
+    assert e.value.field == "corruption"
+    # prepare resolves what is there and preloads
+    Quiet.preloaded = []
+    got = a.prepare(_req("quiet", corruption=None))
+    assert got.corruption is None and Quiet.preloaded == [a.probe(PROBE)]
+    assert a.prepare(_req("quiet")).corruption == "gaussian:std=0.1,seed=4"
+
+
+def test_the_cache_key_uses_the_resolved_layer(echo):
+    a = Auditor("cpu")
+    first = a.run(_req(layer=None))
+    assert a.run(_req(layer="layer2")) is first and len(echo.runs) == 1
+
+
+def test_resolved_hands_the_methods_the_auditors_resolver():
+    a = Auditor("cpu", workers=3)
+    r = a.resolve(AuditRequest.build("netdissect", model=MODEL, probe=PROBE,
+                                     corruption="gaussian:std=0.1"))
+    assert r.resolve("probe", PROBE) is a.probe(PROBE) and r.workers == 3
+
+
+def test_resolution_errors_quote_the_underlying_message():
+    from nemaudit.corrupt.spec import parse_corruption
+    from nemaudit.errors import NemauditError
+    from nemaudit.model import resolve_layer
+
+    a = Auditor("cpu")
+    with pytest.raises(NemauditError) as want:
+        resolve_layer(a.model(MODEL), "layer9")
+    with pytest.raises(RequestError) as got:
+        a.resolve(_req("netdissect", layer="layer9"))
+    assert str(got.value) == str(want.value)
+    with pytest.raises(NemauditError) as want:
+        parse_corruption("gaussian:std=-1")
+    with pytest.raises(RequestError) as got:
+        a.resolve(_req("netdissect", corruption="gaussian:std=-1"))
+    assert str(got.value) == str(want.value)
+    with pytest.raises(RequestError) as got:
+        a.probe("python:tests.toys:NoSuchProbe")
+    assert "NoSuchProbe" in str(got.value)
+    with pytest.raises(RequestError) as got:
+        a.describer("python:tests.toys:NoSuchDescriber")
+    assert "NoSuchDescriber" in str(got.value)
+
+
+def test_the_clean_dissection_and_the_baseline_of_a_request(tmp_path):
+    from nemaudit.audit.netdissect.run import clean_dissection
+    from nemaudit.baseline import baseline_document, baseline_path
+
+    a = Auditor("cpu")
+    req = AuditRequest.build("netdissect", model=MODEL, probe=PROBE, layer="layer2",
+                             normalize="none", eta=0.02)
+    d = a.clean_dissection(req)
+    want = clean_dissection(req, a.resolve(req, corruption=False))
+    assert d.rows() == want.rows()
+    anchor = tmp_path / "test_props.py"
+    written = a.check_baseline("base", req, anchor=anchor, update=True, tolerance=0.01)
+    assert written.status == "written" and written.layer == "layer2"
+    assert written.path == baseline_path(anchor, "base", "layer2")
+    doc = json.loads(written.path.read_text())
+    expect = baseline_document("base", "layer2", d.rows(), model=MODEL, probe=PROBE,
+                               method="netdissect", settings=d.config.as_dict())
+    assert {k: v for k, v in doc.items() if k != "schema"} == json.loads(json.dumps(expect))
+    again = a.check_baseline("base", req, anchor=anchor, update=False, tolerance=0.01)
+    assert again.status == "unchanged" and again.tolerance == 0.01
+    assert again.units == len(d.rows())
