@@ -446,3 +446,36 @@ def test_saliency_pictures_need_images_and_maps():
     r2 = _SaliencyResult()
     assert len(saliency_payload(r2, max_images=2)["pictures"]) == 2
     assert len(saliency_payload(_SaliencyResult())["pictures"]) == 4  # at most 8 by default
+
+
+def test_saliency_pictures_edges(monkeypatch):
+    from nemaudit.audit.saliency.pictures import saliency_payload
+    from nemaudit.report import saliency_html
+
+    def no_matplotlib(doc):
+        raise ImportError("matplotlib")
+
+    monkeypatch.setattr(saliency_html, "charts", no_matplotlib)
+    r = _SaliencyResult()
+    g = torch.Generator().manual_seed(6)
+    r.rows = [{"index": 20 + j, "label": f"c{j}", "spearman": {"gradcam": j / 10}}
+              for j in range(10)]
+    r.rows[0] = {"index": 20, "label": "class0"}  # no ρ recorded
+    r.diff_order = staticmethod(lambda row: row["index"])
+    r.context = {"images": torch.rand(10, 3, 4, 4, generator=g) * 3 - 1,  # outside [0, 1]
+                 "maps": {"gradcam": (torch.rand(10, 2, 2, generator=g),
+                                      torch.rand(10, 2, 2, generator=g))}}
+    doc = saliency_payload(r)
+    assert len(doc["pictures"]) == 8 and doc["charts"] == {}  # 8 images at most
+    first = doc["pictures"][0]
+    assert [m["spearman"] for m in first["maps"]] == [None]
+    assert doc["pictures"][1]["maps"][0]["spearman"] == 0.1
+    img = r.context["images"][0]
+    want = (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    assert np.array_equal(_decode(first["image"])[1], want)
+    maps_only = _SaliencyResult()
+    maps_only.context["images"] = None
+    assert "pictures" not in saliency_payload(maps_only)
+    images_only = _SaliencyResult()
+    images_only.context["maps"] = {}
+    assert "pictures" not in saliency_payload(images_only)
