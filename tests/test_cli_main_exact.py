@@ -141,3 +141,22 @@ def test_not_launched_runs_as_it_is(monkeypatch):
     with _process_group(args):
         print("here")
     assert buf.getvalue() == "here\n" and args.out == "result.json"
+
+
+def test_version_and_a_missing_command(capsys, one_process):
+    from nemaudit import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"nemaudit {__version__}\n"
+    with pytest.raises(SystemExit) as e:
+        main([])
+    assert e.value.code == 2
+    assert "the following arguments are required: command" in capsys.readouterr().err
+
+
+def test_main_refuses_a_one_process_command_under_a_launcher(launcher, capsys):
+    assert main(["compare", "a.json", "b.json"]) == 2
+    assert capsys.readouterr().err == ("nemaudit: error: nemaudit compare runs in one process; "
+                                       "under torchrun use one of: dissect, audit, describe, "
+                                       "fool\n")
