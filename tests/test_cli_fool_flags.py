@@ -384,19 +384,20 @@ def test_compare_cells_one_by_one(tmp_path, capsys, monkeypatch):
     a["interval"] = {"lo": 0.12345, "hi": 0.98765, "n": 5}
     b["interval"] = {"lo": 0.23456, "hi": 0.87654, "n": 5}
     a["audit"]["metrics"] = {"flip_rate": 0.25, "units": 5}  # differs from the measured 0.2
-    b["audit"]["metrics"] = {"flip_rate": 0.5, "units": 5}
+    b["audit"]["metrics"] = {"flip_rate": 0.5, "units": 6}
     a["audit"]["units"][2]["clean_label"] = None
+    b["audit"]["units"][3]["clean_label"] = "cow"  # its concept changed, it flips in neither
     _report(tmp_path / "a.json", [a])
     _report(tmp_path / "b.json", [b])
-    assert main(["compare", "a.json", "b.json", "--units", "2"]) == 0
+    assert main(["compare", "a.json", "b.json", "--units", "3"]) == 0
     text = capsys.readouterr().out
     assert text.splitlines()[0].rstrip() == "a.json → b.json"  # the title, flush left
     ((name, outcome, measured, moved, units),) = table_cells(text)
     assert name == ["p"] and outcome == ["passed → failed"]
     assert measured == ["0.2 → 0.4", "[0.123, 0.988] → [0.235, 0.877]"]
-    assert moved == ["flip_rate 0.25 → 0.5"]
+    assert moved == ["flip_rate 0.25 → 0.5", "units 5 → 6"]
     # regressions first; exactly --units units changed: no "more" line
-    assert units == ["2: — → car (now changes)", "1: car → car"]
+    assert units == ["2: — → car (now changes)", "1: car → car", "3: car → cow"]
 
 
 def test_compare_html_shows_as_many_units_as_the_flag(tmp_path, monkeypatch):

@@ -293,3 +293,9 @@ def test_an_nccl_group_exchanges_on_the_current_cuda_device(monkeypatch):
     assert dist._device() == torch.device("cuda", 2)
     monkeypatch.setattr(tdist, "get_backend", lambda *a: "gloo")
     assert dist._device() == torch.device("cpu")
+
+
+def test_items_are_dealt_one_by_one_unless_blocks_are_asked_for():
+    assert dist.shard_items(list(range(7)), 0, 3) == [0, 3, 6]
+    assert dist.shard_items(list(range(7)), 2, 3) == [2, 5]
+    assert dist.shard_items(list(range(7)), 1, 2, block=2) == [2, 3, 6]
