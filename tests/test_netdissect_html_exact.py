@@ -172,3 +172,28 @@ def test_the_section_counts_units_and_names_its_diff(ctx, monkeypatch):
     assert "diff-5" in str(c["diff"])
     _, bare = nd.netdissect_section({}, 1)
     assert bare["units"] == 0 and bare["diff"] == "" and bare["alt"] == "detector share per category"
+
+
+def test_the_views_digits_and_missing_sides(ctx):
+    assert nd._cards({"accuracy_clean": 0.5})[3] == (
+        "accuracy", "50.0% → —", "classifier on the probe, clean → corrupted")
+    share = {"clean": {"color": 0.5}, "corrupted": {"object": 0.25}}
+    _, c = nd.xie_table({"detector_share": share})
+    assert c["delta"][0] == ("—", "") and c["delta"][5] == ("—", "")
+    both = {**ROWS[1], "clean_category": None}
+    row = nd._diff_row(both)
+    assert row["detector"] == "yes → yes" and row["clean"] == ("car", "")
+    audit = {"units": [{"unit": 7, "clean_label": "a", "clean_iou": 0.123456,
+                        "corrupted_label": "b", "corrupted_iou": 0.654321, "changed": True}],
+             "exemplars": [{"unit": 7, "threshold_clean": 0.111111,
+                            "threshold_corrupted": 0.222222,
+                            "images": [{"index": 1, "clean": "P", "clean_max": 1.234567,
+                                        "corrupted_max": 2.345678, "linf": 0.0}]}]}
+    _, c = nd.exemplars_html(audit)
+    (b,) = c["blocks"]
+    assert (b["clean_iou"], b["corrupted_iou"], b["threshold_clean"],
+            b["threshold_corrupted"]) == ("0.123", "0.654", "0.111", "0.222")
+    assert (b["pairs"][0]["clean_max"], b["pairs"][0]["corrupted_max"]) == ("1.23", "2.35")
+    metrics = {**M, "targeted_success_rate": 0.25}
+    _, sec = nd.netdissect_section({"metrics": metrics, "corruption": {"targeted": False}}, 1)
+    assert sec["cards"][2][0] == "reached the runner-up"
