@@ -91,6 +91,8 @@ def test_adding_a_field():
     assert specs.with_field("gaussian:", "seed", 3) == "gaussian:seed=3"
     assert specs.with_field("gaussian:Seed=1,std=0.1", "seed", 3) == "gaussian:Seed=1,std=0.1"
     assert specs.with_field("gaussian:a=b=seed", "seed", 3) == "gaussian:a=b=seed,seed=3"
+    assert specs.with_field("gaussian:seed=x=1", "seed", 3) == "gaussian:seed=x=1"  # named
+    assert specs.with_field("probe:name=BOX", "seed", 1) == "probe:name=BOX,seed=1"
     assert specs.with_field("pgd:eps=1", "targeted", True) == "pgd:eps=1,targeted=true"
     with raises_exactly(SpecError, "empty spec '': cannot add targeted=true"):
         specs.with_field("", "targeted", True)
