@@ -160,6 +160,8 @@ MODULE_TESTS: dict[str, list[str]] = {
                                             "tests/test_milan_audit_exact.py"],
     "nemaudit/explain/netdissect/images.py": ["tests/test_bootstrap_probe.py",
                                               "tests/test_bootstrap_exact.py"],
+    "nemaudit/audit/__init__.py": ["tests/test_lazy_exports.py"],
+    "nemaudit/corrupt/__init__.py": ["tests/test_lazy_exports.py"],
     "nemaudit/audit/request.py": ["tests/test_request_exact.py", "tests/test_front_doors.py",
                                   "tests/test_field_ranges.py"],
     "nemaudit/corrupt/torchattacks_adapter.py": ["tests/test_corrupt_pgd.py"],
