@@ -479,3 +479,23 @@ def test_saliency_pictures_edges(monkeypatch):
     images_only = _SaliencyResult()
     images_only.context["maps"] = {}
     assert "pictures" not in saliency_payload(images_only)
+
+
+def test_a_per_unit_picture_of_a_unit_without_a_target_attacks_towards_none():
+    """A changed row with no target recorded is replayed with the target term off (rows of
+    per-unit audits carry their runner-up; a hand-made or older payload may not)."""
+    import copy
+
+    model, probe = NormalizedModel(ToyNet(), "none"), ToyProbe(24)
+    cfg = AuditConfig(dissect=DissectConfig(eta=0.02, batch_size=8), max_units=3)
+    result = audit(model, "layer2", probe, "pgd:eps=8/255,steps=2", cfg)
+    row = next(r for r in result.rows if r["changed"])
+    bare = copy.copy(result)
+    bare.rows = [dict(r, target=None) if r is row else r for r in result.rows]
+    got = nd_pictures.unit_exemplars(bare, row["unit"], k=1)
+    sub = collate([probe[got["images"][0]["index"]]])
+    res = result.context["corruption"].attack_units(
+        model, "layer2", sub, [row["unit"]], [probe.concept_id(row["clean_label"])],
+        {row["unit"]: 0})
+    assert got["images"][0]["linf"] == pytest.approx(float((res.images[0] - sub.images)
+                                                           .abs().max()))

@@ -41,7 +41,8 @@ def unit_exemplars(result: AuditResult, unit: int, k: int = 4, scale: int = 1) -
     else:
         row = next(r for r in result.rows if r["unit"] == unit)
         src = probe.concept_id(row["clean_label"])
-        tgt = probe.concept_id(row["target"]) if row.get("target") else None
+        # a row with no target recorded: 0 drops the target term (None would fail int())
+        tgt = probe.concept_id(row["target"]) if row.get("target") else 0
         res = corruption.attack_units(model, result.layer, batch, [unit], [src],
                                       None if corruption.targeted else {unit: tgt})
         bad = res.images[0]
