@@ -440,7 +440,9 @@ def test_two_ranks_fool_as_one_process(monkeypatch):
     labels = []
     real = dist.all_sum
     monkeypatch.setattr(dist, "all_sum", lambda t, what="": labels.append(what) or real(t, what))
-    runs = run_ranks(2, lambda rank: loop.fool(Tiny(), train, held, cfg), monkeypatch)
+    # the ranks' models are built here: Tiny() seeds the global RNG, which threads share
+    models = [Tiny(), Tiny()]
+    runs = run_ranks(2, lambda rank: loop.fool(models[rank], train, held, cfg), monkeypatch)
     for r in runs:
         assert r.best_epoch == 2
         assert _same(r.model.state_dict(), one.model.state_dict(), atol=1e-5)
