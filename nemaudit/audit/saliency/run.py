@@ -236,15 +236,19 @@ def fooling_config(request: AuditRequest, layer: str) -> Any:
                       ("active_classes", "classes"), ("max_top1_drop", "max_top1_drop")):
         if request.get(key) is not None:
             kw[name] = request.get(key)
+    config = FoolingConfig(**kw)
     lo, hi = request.get("fsr_low"), request.get("fsr_high")
-    if lo is not None or hi is not None:
-        from nemaudit.corrupt.manipulate.losses import FSR_INTERVALS
+    if lo is None and hi is None:
+        return config
+    from dataclasses import replace
 
-        d_lo, d_hi = FSR_INTERVALS[kw.get("fooling", FoolingConfig.fooling)]
-        kw["interval"] = (d_lo if lo is None else lo, d_hi if hi is None else hi)
-        if kw["interval"][0] > kw["interval"][1]:
-            raise SpecError(f"fsr_low {kw['interval'][0]} is above fsr_high {kw['interval'][1]}")
-    return FoolingConfig(**kw)
+    from nemaudit.corrupt.manipulate.losses import FSR_INTERVALS
+
+    d_lo, d_hi = FSR_INTERVALS[config.fooling]
+    interval = (d_lo if lo is None else lo, d_hi if hi is None else hi)
+    if interval[0] > interval[1]:
+        raise SpecError(f"fsr_low {interval[0]} is above fsr_high {interval[1]}")
+    return replace(config, interval=interval)
 
 
 def run_fooling(request: AuditRequest, resolved: Resolved) -> FoolingResult:
